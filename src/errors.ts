@@ -1,0 +1,52 @@
+/**
+ * Every error kemari raises is a {@link KemariError} with a stable `code`.
+ *
+ * Callers branch on `code`, never on the message: messages explain, codes are the contract. The table below is the
+ * single list of codes; the README's error table is checked against it by a test, so a new code cannot ship
+ * undocumented.
+ */
+export const ERROR_CODES = {
+  KEMARI_BAD_MAGIC: 'A frame does not start with the magic "KMRI": the peer is not speaking kemari or the stream lost sync.',
+  KEMARI_UNSUPPORTED_VERSION: 'A frame carries a protocol version this build does not speak.',
+  KEMARI_HEADER_CHECKSUM: 'The CRC32C of a frame header does not match: the header cannot be trusted.',
+  KEMARI_BODY_CHECKSUM: 'The CRC32C of a frame body does not match the one in its header.',
+  KEMARI_UNKNOWN_TYPE: 'A frame type byte names no known frame type.',
+  KEMARI_RESERVED_NONZERO: 'A reserved header flag or reserved body field is not zero.',
+  KEMARI_FRAME_TOO_LARGE: 'A frame body is larger than the configured bodyBytesMax (checked before anything is buffered).',
+  KEMARI_BAD_HEADER: 'A header field is out of range (for example a txn beyond 2^53 - 1).',
+  KEMARI_BAD_BODY: 'A frame body is malformed for its type (lengths, counts, order or field types do not add up).',
+  KEMARI_TRUNCATED: 'The stream ended in the middle of a frame.',
+  KEMARI_INVALID_ARGUMENT: 'An API was called with a value it cannot accept.',
+} as const satisfies Record<string, string>;
+
+/** A stable error code; see {@link ERROR_CODES} for what each means. */
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+/** Options for {@link KemariError}: the underlying cause, if any, and structured details for logs. */
+export interface KemariErrorOptions {
+  cause?: unknown;
+  details?: Record<string, unknown>;
+}
+
+/**
+ * The one error class of kemari. `code` is stable across releases; `details` carries the numbers that explain the
+ * failure (offsets, lengths, expected and actual checksums) so logs say what happened without parsing messages.
+ */
+export class KemariError extends Error {
+  /** Stable machine-readable code, one of {@link ERROR_CODES}. */
+  readonly code: ErrorCode;
+  /** Structured facts about the failure (never secrets). */
+  readonly details: Record<string, unknown>;
+
+  constructor(code: ErrorCode, message: string, options: KemariErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'KemariError';
+    this.code = code;
+    this.details = options.details ?? {};
+  }
+}
+
+/** True when `value` is a {@link KemariError}, optionally with the given code. */
+export function isKemariError(value: unknown, code?: ErrorCode): value is KemariError {
+  return value instanceof KemariError && (code === undefined || value.code === code);
+}
