@@ -17,7 +17,7 @@ import { KemariError } from '../errors.js';
 import { crc32c } from './checksum.js';
 import { decodeBody } from './frame.js';
 import type { DecodedFrame } from './frame.js';
-import { HEADER_BYTES, readHeader } from './header.js';
+import { HEADER_BYTES, MAGIC, readHeader } from './header.js';
 import type { FrameHeader } from './header.js';
 
 /** Options for {@link FrameDecoder}. */
@@ -27,6 +27,13 @@ export interface FrameDecoderOptions {
    * the body is buffered. Default 16 MiB.
    */
   bodyBytesMax?: number;
+  /**
+   * Supplies the memory a body spanning several chunks is copied into (the one copy on the receive path), so a
+   * receiver can assemble bodies straight into its staging area instead of a fresh buffer per frame (fresh large
+   * buffers cost a page fault per page on first touch). It must return exactly `bodyBytes` bytes that nothing else
+   * uses while the frame is alive. Default: a new zero-filled Uint8Array.
+   */
+  allocateBody?: (bodyBytes: number) => Uint8Array;
 }
 
 /** Default limit on one frame body. */
@@ -41,6 +48,7 @@ export class FrameDecoder {
   private failure: KemariError | undefined;
   private readonly headerScratch = new Uint8Array(HEADER_BYTES);
   private framesDecoded = 0;
+  private readonly allocateBody: (bodyBytes: number) => Uint8Array;
 
   constructor(options: FrameDecoderOptions = {}) {
     const bodyBytesMax = options.bodyBytesMax ?? DEFAULT_BODY_BYTES_MAX;
@@ -50,6 +58,7 @@ export class FrameDecoder {
       });
     }
     this.bodyBytesMax = bodyBytesMax;
+    this.allocateBody = options.allocateBody ?? ((bodyBytes) => new Uint8Array(bodyBytes));
   }
 
   /** Bytes received and not yet handed on as a frame (at most one partial frame). */
@@ -102,7 +111,11 @@ export class FrameDecoder {
   private next(): DecodedFrame | undefined {
     try {
       if (this.header === undefined) {
-        if (this.buffered < HEADER_BYTES) return undefined;
+        if (this.buffered < HEADER_BYTES) {
+          // Refuse a stream that is not kemari as soon as its first 4 bytes are in, not after 32.
+          if (this.buffered >= MAGIC.byteLength) this.checkMagic();
+          return undefined;
+        }
         this.header = readHeader(this.consumeHeader(), this.bodyBytesMax);
       }
       const header = this.header;
@@ -142,6 +155,21 @@ export class FrameDecoder {
     return frame;
   }
 
+  private checkMagic(): void {
+    for (let i = 0, chunk = 0, at = 0; i < MAGIC.byteLength; i++, at++) {
+      while (at >= this.chunks[chunk]!.byteLength) {
+        chunk += 1;
+        at = 0;
+      }
+      if (this.chunks[chunk]![at] !== MAGIC[i]) {
+        // readHeader reports the bad magic with its details; pad what we have to a header's length.
+        const probe = new Uint8Array(HEADER_BYTES);
+        this.gather(probe, MAGIC.byteLength);
+        readHeader(probe, this.bodyBytesMax);
+      }
+    }
+  }
+
   private fail(error: KemariError): void {
     this.failure = error;
     this.chunks.length = 0;
@@ -171,7 +199,10 @@ export class FrameDecoder {
       return asUint8Array(first.subarray(0, n));
     }
     this.buffered += n;
-    const out = new Uint8Array(n);
+    const out = this.allocateBody(n);
+    if (out.byteLength !== n) {
+      throw new KemariError('KEMARI_INVALID_ARGUMENT', `allocateBody returned ${out.byteLength} bytes, not ${n}`);
+    }
     this.gather(out, n);
     return out;
   }
