@@ -17,6 +17,22 @@ export const ERROR_CODES = {
   KEMARI_BAD_BODY: 'A frame body is malformed for its type (lengths, counts, order or field types do not add up).',
   KEMARI_TRUNCATED: 'The stream ended in the middle of a frame.',
   KEMARI_INVALID_ARGUMENT: 'An API was called with a value it cannot accept.',
+  KEMARI_PROTOCOL: 'The peer sent a valid frame that is not allowed in the current protocol state.',
+  KEMARI_HELLO_MISMATCH: 'The peers disagree on something they must share: session, versions, VM geometry or inventory.',
+  KEMARI_TXN_TOO_LARGE: 'A transaction grew beyond txnBytesMax or txnFramesMax before its COMMIT.',
+  KEMARI_TXN_OUT_OF_ORDER: 'A txn number was old, repeated or skipped, a frame seq was out of order, or BEGIN named another base.',
+  KEMARI_TXN_INCOMPLETE: "COMMIT's frame count, byte count or CRC digest disagrees with what was staged.",
+  KEMARI_VERIFY_FAILED: "After applying, the replica's state digest differed from COMMIT's; the epoch was rolled back.",
+  KEMARI_NACKED: 'The secondary refused a transaction (the NACK reason is in details).',
+  KEMARI_CONNECT_FAILED: 'A connection to the peer could not be established.',
+  KEMARI_CONNECTION_CLOSED: 'The connection closed before the operation completed.',
+  KEMARI_TLS_REFUSED: 'The TLS handshake failed: the peer presented no certificate or one not signed by the trusted CA.',
+  KEMARI_BUSY: 'The secondary already serves a primary; a second one is refused (single writer).',
+  KEMARI_TAP_FULL: 'The event-tap holds its maximum of events or bytes; the output was refused, not queued.',
+  KEMARI_VM_PAUSED: 'The VM was written to while paused.',
+  KEMARI_NO_REPLICA: 'There is no committed epoch to promote from.',
+  KEMARI_CLOSED: 'The object was closed; pending outputs are discarded, never released.',
+  KEMARI_ABORTED: 'The operation was aborted through its AbortSignal.',
 } as const satisfies Record<string, string>;
 
 /** A stable error code; see {@link ERROR_CODES} for what each means. */

@@ -1,0 +1,35 @@
+/**
+ * A byte-stream connection between primary and secondary, as the protocol drivers see it. TCP, Unix sockets,
+ * TLS and the in-memory pair all look like this, so the drivers above do not care which one carries the frames.
+ */
+import type { KemariError } from '../errors.js';
+
+/** Events of a {@link Connection}. */
+export interface ConnectionEvents {
+  /** Bytes arrived. The chunk is the connection's to give away: it is never reused or modified afterwards. */
+  data: (chunk: Uint8Array) => void;
+  /** The write buffer drained below its high-water mark after `write` returned false. */
+  drain: () => void;
+  /** The connection is closed (by either side, or on error). Emitted exactly once. */
+  close: (error: KemariError | undefined) => void;
+}
+
+/** One duplex byte stream. */
+export interface Connection {
+  /**
+   * Writes the chunks in order as one batch (corked, so a frame's header and body parts leave together).
+   * Returns false when the write buffer is above its high-water mark: wait for 'drain' before writing more.
+   * Chunks must not be modified until written (they are not copied).
+   */
+  write(chunks: readonly Uint8Array[]): boolean;
+  /** Closes gracefully after pending writes (`error` undefined) or at once (with `error`). Idempotent. */
+  close(error?: KemariError): void;
+  /** Bytes queued and not yet handed to the OS. */
+  readonly bufferedBytes: number;
+  /** True once closed. */
+  readonly closed: boolean;
+  /** A description of the peer for logs (address:port, socket path, "memory"). */
+  readonly peer: string;
+  on<E extends keyof ConnectionEvents>(event: E, listener: ConnectionEvents[E]): this;
+  off<E extends keyof ConnectionEvents>(event: E, listener: ConnectionEvents[E]): this;
+}

@@ -1,0 +1,55 @@
+/**
+ * The contract between kemari and a virtual machine. `SimulatedVm` implements it in memory (the embedded default
+ * and the reference), `QemuVm` (subpath `kemari/qemu`) for real QEMU.
+ *
+ * Kemari's transfer is asynchronous: the VM is paused only for {@link VmAdapter.capture}, which must copy what it
+ * returns (dirty pages into a send buffer, disk writes, device state) so the VM can resume while the transaction
+ * streams. Nothing returned by `capture` may change afterwards.
+ */
+import type { DeviceState } from '../wire/bodies/device.js';
+import type { DiskWrite } from '../wire/bodies/disk.js';
+import type { DiskInfo } from '../wire/bodies/hello.js';
+import type { Page } from '../wire/bodies/pages.js';
+
+/** Everything one epoch changed, captured while the VM was paused. */
+export interface EpochCapture {
+  /** True when `pages` holds every page of memory (the first transaction of a session). */
+  full: boolean;
+  /**
+   * Changed pages (all pages when `full`), sorted by index. RAW pages carry a copy taken during the pause; pages
+   * found to be all zero may be given as ZERO with empty data.
+   */
+  pages: Page[];
+  /** State of every device, in `deviceNames` order. */
+  devices: DeviceState[];
+  /** Disk writes since the previous capture, in the order they were issued (later writes win). */
+  diskWrites: DiskWrite[];
+  /** The VM state digest ({@link computeStateDigest}) at capture time when asked for, else empty. */
+  stateDigest: Uint8Array;
+}
+
+/** Options for one capture. */
+export interface CaptureOptions {
+  /** Capture every page instead of the pages dirtied since the previous capture. */
+  full: boolean;
+  /** Also compute the state digest (end-to-end verification). */
+  digest: boolean;
+}
+
+/** A VM kemari can protect. */
+export interface VmAdapter {
+  /** Guest memory size in bytes (a multiple of `pageBytes`). */
+  readonly memoryBytes: number;
+  /** Page size in bytes. */
+  readonly pageBytes: number;
+  /** Device names, stable for the life of the VM. */
+  readonly deviceNames: readonly string[];
+  /** The VM's disks. */
+  readonly disks: readonly DiskInfo[];
+  /** Stops the guest: no memory, device or disk change until {@link resume}. */
+  pause(): void | Promise<void>;
+  /** Lets the guest run again. */
+  resume(): void | Promise<void>;
+  /** Captures the epoch (the VM is paused) and starts a new one: dirty tracking and disk write log are reset. */
+  capture(options: CaptureOptions): EpochCapture | Promise<EpochCapture>;
+}
