@@ -27,6 +27,9 @@ export interface StateDigestInput {
   disks: ReadonlyArray<{ id: number; bytes: number; blockBytes: number; blockCrcs: Uint32Array }>;
 }
 
+/** Block size of the per-block disk CRC tables that enter the digest (VM and replica use the same). */
+export const DISK_DIGEST_BLOCK_BYTES = 4096;
+
 /** Size of a state digest in bytes. */
 export const STATE_DIGEST_BYTES = 32;
 
