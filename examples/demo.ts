@@ -33,7 +33,7 @@ const pages: Page[] = dirty.map((index) =>
     : { index, kind: PageKind.RAW, data: memory.subarray(index * PAGE_BYTES, (index + 1) * PAGE_BYTES) },
 );
 const body: Frame[] = [
-  { type: FrameType.BEGIN, txn, seq: 0, body: { full: false, baseTxn: txn - 1 } },
+  { type: FrameType.BEGIN, txn, seq: 0, body: { full: false, baseTxn: txn - 1, releasedTxn: txn - 2 } },
   { type: FrameType.PAGES, txn, seq: 1, body: { pageBytes: PAGE_BYTES, pages } },
   { type: FrameType.DEVICE, txn, seq: 2, body: { name: 'cpu0', state: { rip: 0x7c00, ticks: 1234 } } },
   { type: FrameType.DISK, txn, seq: 3, body: { diskId: 0, offset: 512 * 8, data: new Uint8Array(512).fill(0xd1) } },

@@ -67,7 +67,7 @@ export const arbFrame: fc.Arbitrary<Frame> = fc.oneof(
       { requiredKeys: ['sessionId', 'role', 'versionMin', 'versionMax', 'memoryBytes', 'pageBytes', 'devices', 'disks', 'committedTxn', 'features'] },
     ),
   }),
-  fc.record({ type: fc.constant(FrameType.BEGIN), ...txnSeq, body: fc.record({ full: fc.boolean(), baseTxn: u53 }) }),
+  fc.record({ type: fc.constant(FrameType.BEGIN), ...txnSeq, body: fc.record({ full: fc.boolean(), baseTxn: u53, releasedTxn: u53 }) }),
   fc.record({ type: fc.constant(FrameType.PAGES), ...txnSeq, body: pages }),
   fc.record({ type: fc.constant(FrameType.DEVICE), ...txnSeq, body: fc.record({ name, state: msgpackValue }) }),
   fc.record({

@@ -29,7 +29,7 @@ export const SAMPLE_FRAMES: Record<string, Frame> = {
       features: ['verify'],
     },
   },
-  begin: { type: FrameType.BEGIN, txn: 7, seq: 0, body: { full: false, baseTxn: 6 } },
+  begin: { type: FrameType.BEGIN, txn: 7, seq: 0, body: { full: false, baseTxn: 6, releasedTxn: 5 } },
   pages: {
     type: FrameType.PAGES,
     txn: 7,

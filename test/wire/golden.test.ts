@@ -38,10 +38,10 @@ describe('golden fixtures', () => {
     expect(hex.slice(12, 16)).toBe('0000'); // flags
     expect(hex.slice(16, 32)).toBe('0700000000000000'); // txn 7
     expect(hex.slice(32, 40)).toBe('00000000'); // seq 0
-    expect(hex.slice(40, 48)).toBe('10000000'); // 16 body bytes
-    expect(hex.slice(64)).toBe('00' + '00000000000000' + '0600000000000000'); // incremental, base 6
+    expect(hex.slice(40, 48)).toBe('18000000'); // 24 body bytes
+    expect(hex.slice(64)).toBe('00' + '00000000000000' + '0600000000000000' + '0500000000000000'); // incremental, base 6, released 5
     const frames: DecodedFrame[] = [];
     new FrameDecoder().push(bytes, (f) => frames.push(f));
-    expect(frames[0]?.body).toEqual({ full: false, baseTxn: 6 });
+    expect(frames[0]?.body).toEqual({ full: false, baseTxn: 6, releasedTxn: 5 });
   });
 });

@@ -12,7 +12,7 @@ import {
   readHeader,
 } from '../../src/index.js';
 
-const begin = { type: FrameType.BEGIN, txn: 0x0102_0304_0506, seq: 0x0a0b0c0d, body: { full: true, baseTxn: 5 } } as const;
+const begin = { type: FrameType.BEGIN, txn: 0x0102_0304_0506, seq: 0x0a0b0c0d, body: { full: true, baseTxn: 5, releasedTxn: 4 } } as const;
 
 describe('header layout', () => {
   it('pins the field offsets and sizes', () => {
@@ -41,7 +41,7 @@ describe('header layout', () => {
     expect(view.getUint16(HeaderOffset.FLAGS, true)).toBe(0);
     expect(view.getBigUint64(HeaderOffset.TXN, true)).toBe(0x0102_0304_0506n);
     expect(view.getUint32(HeaderOffset.SEQ, true)).toBe(0x0a0b0c0d);
-    expect(view.getUint32(HeaderOffset.BODY_BYTES, true)).toBe(16);
+    expect(view.getUint32(HeaderOffset.BODY_BYTES, true)).toBe(24);
     expect(view.getUint32(HeaderOffset.BODY_CRC, true)).toBe(crc32c(bytes.subarray(HEADER_BYTES)));
     expect(view.getUint32(HeaderOffset.HEADER_CRC, true)).toBe(crc32c(bytes.subarray(0, 28)));
   });

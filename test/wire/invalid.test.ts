@@ -37,8 +37,8 @@ interface Case {
 
 const CASES: Case[] = [
   { name: 'bad magic', input: mutate(good, 0), code: 'KEMARI_BAD_MAGIC' },
-  { name: 'unsupported version', input: rawFrame({ type: FrameType.BEGIN, body: new Uint8Array(16), version: 2 }), code: 'KEMARI_UNSUPPORTED_VERSION' },
-  { name: 'version 0', input: rawFrame({ type: FrameType.BEGIN, body: new Uint8Array(16), version: 0 }), code: 'KEMARI_UNSUPPORTED_VERSION' },
+  { name: 'unsupported version', input: rawFrame({ type: FrameType.BEGIN, body: new Uint8Array(24), version: 2 }), code: 'KEMARI_UNSUPPORTED_VERSION' },
+  { name: 'version 0', input: rawFrame({ type: FrameType.BEGIN, body: new Uint8Array(24), version: 0 }), code: 'KEMARI_UNSUPPORTED_VERSION' },
   ...[HeaderOffset.TYPE, HeaderOffset.FLAGS, HeaderOffset.TXN, HeaderOffset.SEQ, HeaderOffset.BODY_BYTES, HeaderOffset.BODY_CRC, HeaderOffset.HEADER_CRC, HeaderOffset.HEADER_CRC + 3].map(
     (at): Case => ({ name: `header bit flipped at offset ${at}`, input: mutate(good, at), code: 'KEMARI_HEADER_CHECKSUM' }),
   ),
@@ -52,16 +52,16 @@ const CASES: Case[] = [
   { name: 'unknown type 0', input: rawFrame({ type: 0, body: new Uint8Array(0) }), code: 'KEMARI_UNKNOWN_TYPE' },
   { name: 'unknown type 13', input: rawFrame({ type: 13, body: new Uint8Array(0) }), code: 'KEMARI_UNKNOWN_TYPE' },
   { name: 'unknown type 255', input: rawFrame({ type: 255, body: new Uint8Array(0) }), code: 'KEMARI_UNKNOWN_TYPE' },
-  { name: 'reserved flag on BEGIN', input: rawFrame({ type: FrameType.BEGIN, body: new Uint8Array(16), flags: 1 }), code: 'KEMARI_RESERVED_NONZERO' },
+  { name: 'reserved flag on BEGIN', input: rawFrame({ type: FrameType.BEGIN, body: new Uint8Array(24), flags: 1 }), code: 'KEMARI_RESERVED_NONZERO' },
   { name: 'undefined flag on PAGES', input: rawFrame({ type: FrameType.PAGES, body: new Uint8Array(8), flags: 0x8000 }), code: 'KEMARI_RESERVED_NONZERO' },
-  { name: 'txn beyond 2^53-1', input: rawFrame({ type: FrameType.BEGIN, body: new Uint8Array(16), txn: 2 ** 53 }), code: 'KEMARI_BAD_HEADER' },
+  { name: 'txn beyond 2^53-1', input: rawFrame({ type: FrameType.BEGIN, body: new Uint8Array(24), txn: 2 ** 53 }), code: 'KEMARI_BAD_HEADER' },
   { name: 'garbage after a good frame', input: concat(good, Uint8Array.from(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'))), code: 'KEMARI_BAD_MAGIC', before: 1 },
   { name: 'a good frame then a corrupt one', input: concat(good, mutate(good, HEADER_BYTES + 3)), code: 'KEMARI_BODY_CHECKSUM', before: 1 },
   // Bodies with valid checksums but malformed contents.
-  { name: 'BEGIN too short', input: rawFrame({ type: FrameType.BEGIN, body: new Uint8Array(15) }), code: 'KEMARI_BAD_BODY' },
-  { name: 'BEGIN trailing byte', input: rawFrame({ type: FrameType.BEGIN, body: new Uint8Array(17) }), code: 'KEMARI_BAD_BODY' },
-  { name: 'BEGIN unknown kind', input: rawFrame({ type: FrameType.BEGIN, body: le([1, 2], [1, 0], [2, 0], [4, 0], [8, 0]) }), code: 'KEMARI_BAD_BODY' },
-  { name: 'BEGIN reserved byte set', input: rawFrame({ type: FrameType.BEGIN, body: le([1, 0], [1, 1], [2, 0], [4, 0], [8, 0]) }), code: 'KEMARI_RESERVED_NONZERO' },
+  { name: 'BEGIN too short', input: rawFrame({ type: FrameType.BEGIN, body: new Uint8Array(23) }), code: 'KEMARI_BAD_BODY' },
+  { name: 'BEGIN trailing byte', input: rawFrame({ type: FrameType.BEGIN, body: new Uint8Array(25) }), code: 'KEMARI_BAD_BODY' },
+  { name: 'BEGIN unknown kind', input: rawFrame({ type: FrameType.BEGIN, body: le([1, 2], [1, 0], [2, 0], [4, 0], [8, 0], [8, 0]) }), code: 'KEMARI_BAD_BODY' },
+  { name: 'BEGIN reserved byte set', input: rawFrame({ type: FrameType.BEGIN, body: le([1, 0], [1, 1], [2, 0], [4, 0], [8, 0], [8, 0]) }), code: 'KEMARI_RESERVED_NONZERO' },
   { name: 'PAGES empty batch', input: rawFrame({ type: FrameType.PAGES, body: le([4, 0], [4, 4096]) }), code: 'KEMARI_BAD_BODY' },
   { name: 'PAGES page size not a power of two', input: rawFrame({ type: FrameType.PAGES, body: concat(le([4, 1], [4, 4000]), desc(0, 1, 0)) }), code: 'KEMARI_BAD_BODY' },
   { name: 'PAGES count larger than body', input: rawFrame({ type: FrameType.PAGES, body: concat(le([4, 0xffffffff], [4, 4096]), desc(0, 1, 0)) }), code: 'KEMARI_BAD_BODY' },

@@ -38,7 +38,7 @@ describe('many frames in one buffer', () => {
     const page = new Uint8Array(512).fill(7);
     const frames: Frame[] = [];
     for (let i = 0; i < 10_000; i++) {
-      if (i % 3 === 0) frames.push({ type: FrameType.BEGIN, txn: i + 1, seq: 0, body: { full: false, baseTxn: i } });
+      if (i % 3 === 0) frames.push({ type: FrameType.BEGIN, txn: i + 1, seq: 0, body: { full: false, baseTxn: i, releasedTxn: i } });
       else if (i % 3 === 1)
         frames.push({ type: FrameType.PAGES, txn: i, seq: 1, body: { pageBytes: 512, pages: [{ index: i, kind: PageKind.RAW, data: page }] } });
       else frames.push({ type: FrameType.EVENT, txn: i, seq: 2, body: { id: i, channel: 'serial0', payload: Uint8Array.of(i & 0xff) } });

@@ -28,6 +28,8 @@ export const ReasonCode = {
   HELLO_MISMATCH: 8,
   /** The peer's credential was refused. */
   UNAUTHORIZED: 9,
+  /** The secondary already serves a primary (single writer). */
+  BUSY: 10,
 } as const;
 /** A reason code number (known or not). */
 export type ReasonCode = number;
