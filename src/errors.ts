@@ -30,6 +30,7 @@ export const ERROR_CODES = {
   KEMARI_BUSY: 'The secondary already serves a primary; a second one is refused (single writer).',
   KEMARI_TAP_FULL: 'The event-tap holds its maximum of events or bytes; the output was refused, not queued.',
   KEMARI_VM_PAUSED: 'The VM was written to while paused.',
+  KEMARI_DISK_LOG_FULL: "The epoch's disk write log reached diskLogBytesMax; the write was refused: capture the epoch first.",
   KEMARI_NO_REPLICA: 'There is no committed epoch to promote from.',
   KEMARI_CLOSED: 'The object was closed; pending outputs are discarded, never released.',
   KEMARI_ABORTED: 'The operation was aborted through its AbortSignal.',

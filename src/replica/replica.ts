@@ -1,0 +1,269 @@
+/**
+ * The secondary's copy of the VM: memory, devices and disks of exactly one committed epoch.
+ *
+ * `apply` moves it from one epoch to the next atomically: the whole transaction is validated before the first
+ * byte changes (page indices, sizes, device names, disk ids and ranges), then memory, devices and disks are
+ * written together in one synchronous step. There is no moment at which memory of one epoch sits beside disk of
+ * another (the Remus bug of seed 003). When verification is on, the old contents of everything touched are kept
+ * in an undo log first, and a digest mismatch restores them: the replica is back at the previous epoch, exactly.
+ */
+import { KemariError } from '../errors.js';
+import type { DeviceState } from '../wire/bodies/device.js';
+import type { DiskInfo } from '../wire/bodies/hello.js';
+import type { OutputEvent } from '../wire/bodies/event.js';
+import { PageKind } from '../wire/bodies/pages.js';
+import { pack, unpack } from '../wire/msgpack.js';
+import type { StagedTxn } from '../txn/staged-txn.js';
+import { PageCrcTable } from '../vm/page-crc-table.js';
+import { DISK_DIGEST_BLOCK_BYTES, computeStateDigest, digestHex } from './state-digest.js';
+
+/** The shape of the VM a replica mirrors; fixed for the life of the replica. */
+export interface ReplicaGeometry {
+  memoryBytes: number;
+  pageBytes: number;
+  deviceNames: readonly string[];
+  disks: readonly DiskInfo[];
+}
+
+/** A committed event kept for replay, with the epoch that produced it. */
+export interface ReplayEvent extends OutputEvent {
+  txn: number;
+}
+
+/** A copy-free view of the committed state, for promotion and checks. */
+export interface ReplicaSnapshot {
+  txn: number;
+  memoryBytes: number;
+  pageBytes: number;
+  memory: Uint8Array;
+  devices: ReadonlyMap<string, unknown>;
+  disks: ReadonlyArray<{ id: number; bytes: number; data: Uint8Array }>;
+}
+
+interface ReplicaDisk {
+  id: number;
+  bytes: number;
+  data: Uint8Array;
+  table: PageCrcTable;
+}
+
+interface UndoLog {
+  pages: Array<{ index: number; old: Uint8Array }>;
+  memoryAll?: Uint8Array;
+  disks: Array<{ disk: ReplicaDisk; offset: number; old: Uint8Array }>;
+  disksAll?: Array<{ disk: ReplicaDisk; old: Uint8Array }>;
+  devices: Map<string, unknown>;
+  events: ReplayEvent[];
+  txn: number;
+}
+
+export class Replica {
+  readonly geometry: ReplicaGeometry;
+  readonly memory: Uint8Array;
+  private readonly pageTable: PageCrcTable;
+  private readonly deviceStates = new Map<string, unknown>();
+  private readonly disks = new Map<number, ReplicaDisk>();
+  private committed = 0;
+  private hasEpoch = false;
+  private replayEvents: ReplayEvent[] = [];
+
+  constructor(geometry: ReplicaGeometry) {
+    this.geometry = { ...geometry, deviceNames: [...geometry.deviceNames], disks: geometry.disks.map((d) => ({ ...d })) };
+    this.memory = new Uint8Array(geometry.memoryBytes);
+    this.pageTable = new PageCrcTable(this.memory, geometry.pageBytes);
+    for (const { id, bytes } of geometry.disks) {
+      const data = new Uint8Array(bytes);
+      this.disks.set(id, { id, bytes, data, table: new PageCrcTable(data, DISK_DIGEST_BLOCK_BYTES) });
+    }
+  }
+
+  /** The committed epoch (0 before the first full sync). */
+  get committedTxn(): number {
+    return this.committed;
+  }
+
+  /** True once a full sync has been applied: the replica holds a whole VM state. */
+  get hasCommittedEpoch(): boolean {
+    return this.hasEpoch;
+  }
+
+  /** Events of committed epochs the primary may not have released: what failover replays. */
+  get pendingEvents(): readonly ReplayEvent[] {
+    return this.replayEvents;
+  }
+
+  /** Device states by name (committed). */
+  get devices(): ReadonlyMap<string, unknown> {
+    return this.deviceStates;
+  }
+
+  /** Digest of the committed state (see computeStateDigest). */
+  digest(): Uint8Array {
+    return computeStateDigest({
+      memoryBytes: this.geometry.memoryBytes,
+      pageBytes: this.geometry.pageBytes,
+      pageCrcs: this.pageTable.refresh(),
+      devices: this.deviceStates,
+      disks: [...this.disks.values()].map((d) => ({ id: d.id, bytes: d.bytes, blockBytes: DISK_DIGEST_BLOCK_BYTES, blockCrcs: d.table.refresh() })),
+    });
+  }
+
+  /** The committed state as views (not copies): valid until the next apply. */
+  snapshot(): ReplicaSnapshot {
+    return {
+      txn: this.committed,
+      memoryBytes: this.geometry.memoryBytes,
+      pageBytes: this.geometry.pageBytes,
+      memory: this.memory,
+      devices: this.deviceStates,
+      disks: [...this.disks.values()].map((d) => ({ id: d.id, bytes: d.bytes, data: d.data })),
+    };
+  }
+
+  /**
+   * Applies a verified transaction as one step. Throws before changing anything if the transaction does not fit
+   * this replica (KEMARI_TXN_OUT_OF_ORDER, KEMARI_BAD_BODY). With `verify`, compares the resulting digest with the
+   * transaction's; on mismatch restores the previous epoch and throws KEMARI_VERIFY_FAILED. Returns the digest of
+   * the new state when verifying, else an empty array.
+   */
+  apply(staged: StagedTxn, options: { verify: boolean }): Uint8Array {
+    this.validate(staged);
+    const undo = options.verify ? this.undoFor(staged) : undefined;
+    this.write(staged);
+    if (!options.verify) return new Uint8Array(0);
+    const digest = this.digest();
+    if (staged.stateDigest.byteLength === 0 || !Buffer.from(digest).equals(Buffer.from(staged.stateDigest))) {
+      this.rollback(undo!);
+      throw new KemariError('KEMARI_VERIFY_FAILED', `epoch ${staged.txn} does not match the primary's state digest; rolled back to ${this.committed}`, {
+        details: { txn: staged.txn, expected: digestHex(staged.stateDigest), actual: digestHex(digest), committedTxn: this.committed },
+      });
+    }
+    return digest;
+  }
+
+  private validate(staged: StagedTxn): void {
+    const { geometry } = this;
+    if (staged.txn !== this.committed + 1 || staged.baseTxn !== this.committed) {
+      throw new KemariError('KEMARI_TXN_OUT_OF_ORDER', `txn ${staged.txn} on base ${staged.baseTxn} does not follow committed ${this.committed}`, {
+        details: { txn: staged.txn, baseTxn: staged.baseTxn, committedTxn: this.committed },
+      });
+    }
+    if (!staged.full && !this.hasEpoch) {
+      throw new KemariError('KEMARI_TXN_OUT_OF_ORDER', 'an incremental epoch needs a full sync first', { details: { txn: staged.txn } });
+    }
+    const bad = (message: string, details: Record<string, unknown> = {}): never => {
+      throw new KemariError('KEMARI_BAD_BODY', `txn ${staged.txn}: ${message}`, { details: { txn: staged.txn, ...details } });
+    };
+    if (staged.pages.length > 0 && staged.pageBytes !== geometry.pageBytes) bad('page size differs from the session', { pageBytes: staged.pageBytes });
+    const pageCount = geometry.memoryBytes / geometry.pageBytes;
+    for (const page of staged.pages) {
+      if (page.index >= pageCount) bad(`page ${page.index} beyond memory`, { pageCount });
+      if (page.kind === PageKind.DELTA) bad('delta pages were not negotiated');
+    }
+    if (staged.full) {
+      const seen = new Uint8Array(pageCount);
+      let count = 0;
+      for (const page of staged.pages) if (seen[page.index] === 0) (seen[page.index] = 1), count++;
+      if (count !== pageCount) bad(`full sync carries ${count} of ${pageCount} pages`);
+      if (staged.devices.length !== geometry.deviceNames.length) bad('full sync lacks device states');
+    }
+    const names = new Set(geometry.deviceNames);
+    for (const device of staged.devices) if (!names.has(device.name)) bad(`unknown device ${device.name}`);
+    for (const write of staged.diskWrites) {
+      const disk = this.disks.get(write.diskId);
+      if (disk === undefined) bad(`unknown disk ${write.diskId}`);
+      else if (write.offset + write.data.byteLength > disk.bytes) bad(`write beyond disk ${write.diskId}`, { offset: write.offset, bytes: write.data.byteLength });
+    }
+  }
+
+  private undoFor(staged: StagedTxn): UndoLog {
+    const { pageBytes } = this.geometry;
+    const undo: UndoLog = {
+      pages: [],
+      disks: [],
+      devices: new Map([...this.deviceStates].map(([name, state]) => [name, unpack('device state', pack('device state', state))])),
+      events: this.replayEvents,
+      txn: this.committed,
+    };
+    if (staged.full) {
+      undo.memoryAll = Uint8Array.from(this.memory);
+      undo.disksAll = [...this.disks.values()].map((disk) => ({ disk, old: Uint8Array.from(disk.data) }));
+    } else {
+      for (const page of staged.pages) {
+        const start = page.index * pageBytes;
+        undo.pages.push({ index: page.index, old: this.memory.slice(start, start + pageBytes) });
+      }
+    }
+    if (!staged.full) {
+      for (const write of staged.diskWrites) {
+        const disk = this.disks.get(write.diskId)!;
+        undo.disks.push({ disk, offset: write.offset, old: disk.data.slice(write.offset, write.offset + write.data.byteLength) });
+      }
+    }
+    undo.events = this.replayEvents;
+    return undo;
+  }
+
+  private write(staged: StagedTxn): void {
+    const { pageBytes } = this.geometry;
+    for (const page of staged.pages) {
+      const start = page.index * pageBytes;
+      if (page.kind === PageKind.ZERO) this.memory.fill(0, start, start + pageBytes);
+      else this.memory.set(page.data, start);
+      this.pageTable.markPage(page.index);
+    }
+    for (const device of staged.devices) this.deviceStates.set(device.name, device.state);
+    if (staged.full) {
+      // A full sync describes each disk whole: blocks it does not write are zero.
+      for (const disk of this.disks.values()) {
+        disk.data.fill(0);
+        disk.table.markRange(0, disk.bytes);
+      }
+    }
+    for (const write of staged.diskWrites) {
+      const disk = this.disks.get(write.diskId)!;
+      disk.data.set(write.data, write.offset);
+      disk.table.markRange(write.offset, write.data.byteLength);
+    }
+    // Events of epochs the primary has released need no replay; this epoch's join the ones still pending.
+    const kept = this.replayEvents.filter((e) => e.txn > staged.releasedTxn);
+    for (const event of staged.events) kept.push({ ...event, txn: staged.txn });
+    this.replayEvents = kept;
+    this.committed = staged.txn;
+    this.hasEpoch = true;
+  }
+
+  private rollback(undo: UndoLog): void {
+    const { pageBytes } = this.geometry;
+    if (undo.memoryAll !== undefined) {
+      this.memory.set(undo.memoryAll);
+      this.pageTable.markRange(0, this.memory.byteLength);
+    }
+    for (let i = undo.pages.length - 1; i >= 0; i--) {
+      const { index, old } = undo.pages[i]!;
+      this.memory.set(old, index * pageBytes);
+      this.pageTable.markPage(index);
+    }
+    if (undo.disksAll !== undefined) {
+      for (const { disk, old } of undo.disksAll) {
+        disk.data.set(old);
+        disk.table.markRange(0, disk.bytes);
+      }
+    }
+    for (let i = undo.disks.length - 1; i >= 0; i--) {
+      const { disk, offset, old } = undo.disks[i]!;
+      disk.data.set(old, offset);
+      disk.table.markRange(offset, old.byteLength);
+    }
+    this.deviceStates.clear();
+    for (const [name, state] of undo.devices) this.deviceStates.set(name, state);
+    this.replayEvents = undo.events;
+    if (undo.txn === 0) this.hasEpoch = false;
+    this.committed = undo.txn;
+  }
+}
+
+/** Device states of a staged transaction by name (for tests and reports). */
+export function devicesByName(devices: readonly DeviceState[]): Map<string, unknown> {
+  return new Map(devices.map((d) => [d.name, d.state]));
+}

@@ -1,0 +1,203 @@
+import { describe, expect, it } from 'vitest';
+import { FrameDecoder, FrameType, KemariError, ReasonCode, TxnDigest, encodeFrame } from '../../src/index.js';
+import type { DecodedFrame } from '../../src/index.js';
+import { digestHex } from '../../src/replica/state-digest.js';
+import { SenderCore } from '../../src/txn/sender-core.js';
+import { SimulatedVm } from '../../src/vm/simulated-vm.js';
+import { ReceiverSide, helloOf, joinFrames, recordStream } from '../helpers/session.js';
+import type { RecordedStream } from '../helpers/session.js';
+
+const recorded = recordStream({ memoryBytes: 128 * 1024, epochs: 4, stepsPerEpoch: 2, seed: 5 });
+
+/** The frames of the recorded stream, as raw byte slices. */
+function frameSlices(r: RecordedStream): Buffer[] {
+  const offsets = r.epochs.flatMap((e) => e.frameOffsets);
+  return offsets.map((at, i) => r.stream.subarray(at, offsets[i + 1] ?? r.stream.byteLength));
+}
+
+function decodeOne(bytes: Uint8Array): DecodedFrame {
+  let frame: DecodedFrame | undefined;
+  new FrameDecoder().push(bytes, (f) => (frame = f));
+  return frame!;
+}
+
+/** Sends the HELLO then `frames`; returns the receiver. */
+function run(frames: Uint8Array[], options: ConstructorParameters<typeof ReceiverSide>[0] = {}): ReceiverSide {
+  const side = new ReceiverSide(options);
+  side.feed(recorded.hello);
+  for (const f of frames) side.feed(f);
+  return side;
+}
+
+/** The NACK the receiver sent last, decoded. */
+function lastNack(side: ReceiverSide): { txn: number; code: number } {
+  const frame = decodeOne(side.sent.at(-1)!);
+  expect(frame.type).toBe(FrameType.NACK);
+  if (frame.type !== FrameType.NACK) throw new Error('unreachable');
+  return { txn: frame.txn, code: frame.body.code };
+}
+
+const frames = frameSlices(recorded);
+const firstTxnFrames = recorded.epochs[0]!.frameOffsets.length;
+
+describe('the receiver refuses, NACKs and keeps its epoch', () => {
+  it('applies the untouched stream (the cases below differ from it in one way each)', () => {
+    const side = run(frames);
+    expect(side.applied).toEqual([1, 2, 3, 4]);
+    expect(side.errors).toEqual([]);
+  });
+
+  it('a transaction larger than txnBytesMax → KEMARI_TXN_TOO_LARGE, nothing applied', () => {
+    const side = run(frames, { txnBytesMax: 256 });
+    expect(side.errors.map((e) => e.code)).toEqual(['KEMARI_TXN_TOO_LARGE']);
+    expect(lastNack(side)).toEqual({ txn: 1, code: ReasonCode.TXN_TOO_LARGE });
+    expect(side.applied).toEqual([]);
+    expect(side.closed).toBe(true);
+  });
+
+  it('more frames than txnFramesMax → KEMARI_TXN_TOO_LARGE', () => {
+    const side = run(frames, { txnFramesMax: 3 });
+    expect(side.errors.map((e) => e.code)).toEqual(['KEMARI_TXN_TOO_LARGE']);
+  });
+
+  it('a repeated transaction → KEMARI_TXN_OUT_OF_ORDER; the first copy stays committed', () => {
+    const txn2 = frames.slice(firstTxnFrames, firstTxnFrames + recorded.epochs[1]!.frameOffsets.length);
+    const side = run([...frames.slice(0, firstTxnFrames), ...txn2, ...txn2]);
+    expect(side.applied).toEqual([1, 2]);
+    expect(side.errors.map((e) => e.code)).toEqual(['KEMARI_TXN_OUT_OF_ORDER']);
+    expect(lastNack(side).code).toBe(ReasonCode.OUT_OF_ORDER);
+    expect(digestHex(side.replica!.digest())).toBe(digestHex(recorded.epochs[1]!.digest));
+  });
+
+  it('an old transaction after newer ones → KEMARI_TXN_OUT_OF_ORDER', () => {
+    const side = run([...frames, ...frames.slice(0, firstTxnFrames)]);
+    expect(side.applied).toEqual([1, 2, 3, 4]);
+    expect(side.errors.map((e) => e.code)).toEqual(['KEMARI_TXN_OUT_OF_ORDER']);
+  });
+
+  it('a skipped transaction → KEMARI_TXN_OUT_OF_ORDER', () => {
+    const e = recorded.epochs;
+    const skipStart = firstTxnFrames + e[1]!.frameOffsets.length;
+    const side = run([...frames.slice(0, firstTxnFrames), ...frames.slice(skipStart)]);
+    expect(side.applied).toEqual([1]);
+    expect(side.errors.map((x) => x.code)).toEqual(['KEMARI_TXN_OUT_OF_ORDER']);
+  });
+
+  it('an incremental epoch before any full sync → KEMARI_TXN_OUT_OF_ORDER', () => {
+    // Renumber txn 2 as txn 1 on base 0: it is well-formed, but not a full sync.
+    const txn2 = frames.slice(firstTxnFrames, firstTxnFrames + recorded.epochs[1]!.frameOffsets.length).map(decodeOne);
+    const digest = new TxnDigest();
+    const renumbered = txn2.map((f) => {
+      const frame = { ...f, txn: 1 } as DecodedFrame;
+      if (frame.type === FrameType.BEGIN) frame.body = { ...frame.body, baseTxn: 0 };
+      if (frame.type === FrameType.COMMIT) {
+        frame.body = { ...frame.body, frameCount: digest.frameCount, bodyBytes: digest.bodyBytes, crcDigest: digest.crcDigest };
+      }
+      const encoded = encodeFrame(frame);
+      digest.add(encoded.bodyBytes, encoded.bodyCrc);
+      return joinFrames([encoded]);
+    });
+    const side = new ReceiverSide();
+    side.feed(recorded.hello);
+    for (const f of renumbered) side.feed(f);
+    expect(side.errors.map((x) => x.code)).toEqual(['KEMARI_TXN_OUT_OF_ORDER']);
+    expect(side.replica!.hasCommittedEpoch).toBe(false);
+  });
+
+  it('a missing frame inside a transaction → KEMARI_TXN_OUT_OF_ORDER (seq gap)', () => {
+    const side = run([...frames.slice(0, 2), ...frames.slice(3)]);
+    expect(side.errors.map((e) => e.code)).toEqual(['KEMARI_TXN_OUT_OF_ORDER']);
+    expect(side.applied).toEqual([]);
+  });
+
+  it('a forged frame with the right seq but other contents → KEMARI_TXN_INCOMPLETE at COMMIT, nothing applied', () => {
+    const victim = decodeOne(frames[firstTxnFrames + 1]!);
+    if (victim.type !== FrameType.PAGES) throw new Error('expected PAGES as the second frame of txn 2');
+    const page = victim.body.pages[0]!;
+    const forgedData = Uint8Array.from(page.data);
+    forgedData[0] = forgedData[0]! ^ 0xff;
+    const forged = encodeFrame({ ...victim, body: { ...victim.body, pages: [{ ...page, data: forgedData }, ...victim.body.pages.slice(1)] } });
+    const tampered = [...frames];
+    tampered[firstTxnFrames + 1] = joinFrames([forged]);
+    const side = run(tampered);
+    expect(side.applied).toEqual([1]);
+    expect(side.errors.map((e) => e.code)).toEqual(['KEMARI_TXN_INCOMPLETE']);
+    expect(lastNack(side)).toEqual({ txn: 2, code: ReasonCode.INCOMPLETE });
+    expect(digestHex(side.replica!.digest())).toBe(digestHex(recorded.epochs[0]!.digest));
+  });
+
+  it('a frame of another transaction inside one → KEMARI_TXN_OUT_OF_ORDER', () => {
+    const side = run([frames[0]!, frames[firstTxnFrames + 1]!]);
+    expect(side.errors.map((e) => e.code)).toEqual(['KEMARI_TXN_OUT_OF_ORDER']);
+  });
+
+  it('a frame outside any transaction → KEMARI_PROTOCOL', () => {
+    const side = run([frames[1]!]);
+    expect(side.errors.map((e) => e.code)).toEqual(['KEMARI_PROTOCOL']);
+  });
+
+  it('a corrupted byte → the decoder code, NACK BAD_FRAME, the staged transaction discarded', () => {
+    const corrupt = Buffer.from(frames[1]!);
+    corrupt[corrupt.length - 1]! ^= 1;
+    const side = run([frames[0]!, corrupt, ...frames.slice(2)]);
+    expect(side.errors.map((e) => e.code)).toEqual(['KEMARI_BODY_CHECKSUM']);
+    expect(lastNack(side)).toEqual({ txn: 1, code: ReasonCode.BAD_FRAME });
+    expect(side.replica!.hasCommittedEpoch).toBe(false);
+  });
+
+  it('ABORT discards the staged transaction; the same txn number may follow', () => {
+    const abort = joinFrames([encodeFrame({ type: FrameType.ABORT, txn: 1, seq: 0, body: { code: ReasonCode.SENDER_ABORT, message: 'vm stopped' } })]);
+    const side = run([...frames.slice(0, 3), abort, ...frames]);
+    expect(side.errors).toEqual([]);
+    expect(side.applied).toEqual([1, 2, 3, 4]);
+  });
+
+  it('a state digest that does not match → KEMARI_VERIFY_FAILED, rolled back to the previous epoch exactly', () => {
+    const commitIndex = firstTxnFrames + recorded.epochs[1]!.frameOffsets.length - 1;
+    const commit = decodeOne(frames[commitIndex]!);
+    if (commit.type !== FrameType.COMMIT) throw new Error('expected COMMIT');
+    const wrong = Uint8Array.from(commit.body.stateDigest);
+    wrong[0] = wrong[0]! ^ 1;
+    const tampered = [...frames];
+    tampered[commitIndex] = joinFrames([encodeFrame({ ...commit, body: { ...commit.body, stateDigest: wrong } })]);
+    const side = run(tampered);
+    expect(side.errors.map((e) => e.code)).toEqual(['KEMARI_VERIFY_FAILED']);
+    expect(lastNack(side)).toEqual({ txn: 2, code: ReasonCode.VERIFY_FAILED });
+    expect(side.replica!.committedTxn).toBe(1);
+    expect(digestHex(side.replica!.digest())).toBe(digestHex(recorded.epochs[0]!.digest));
+  });
+});
+
+describe('HELLO', () => {
+  it('the sender refuses a secondary whose geometry differs → KEMARI_HELLO_MISMATCH', () => {
+    const vm = new SimulatedVm({ memoryBytes: 64 * 1024 });
+    const sender = new SenderCore({ hello: helloOf(vm), pipelineDepth: 1, bodyBytesMax: 1 << 20, pagesPerFrameMax: 16 });
+    sender.start();
+    const reply = joinFrames([encodeFrame({ type: FrameType.HELLO, txn: 0, seq: 0, body: { ...helloOf(vm), role: 'secondary', memoryBytes: 128 * 1024 } })]);
+    const events = sender.receive(reply);
+    expect(events).toHaveLength(1);
+    expect(events[0]!.type).toBe('refused');
+    expect((events[0] as { error: KemariError }).error.code).toBe('KEMARI_HELLO_MISMATCH');
+    expect(sender.closed).toBe(true);
+  });
+
+  it('a NACK reaches the sender as a refusal with its reason', () => {
+    const vm = new SimulatedVm({ memoryBytes: 64 * 1024 });
+    const sender = new SenderCore({ hello: helloOf(vm), pipelineDepth: 1, bodyBytesMax: 1 << 20, pagesPerFrameMax: 16 });
+    sender.start();
+    const nack = joinFrames([encodeFrame({ type: FrameType.NACK, txn: 0, seq: 0, body: { code: ReasonCode.HELLO_MISMATCH, message: 'no' } })]);
+    const events = sender.receive(nack);
+    expect((events[0] as { error: KemariError }).error.code).toBe('KEMARI_HELLO_MISMATCH');
+  });
+
+  it('the first transaction of a session must be a full sync', () => {
+    const vm = new SimulatedVm({ memoryBytes: 64 * 1024 });
+    const sender = new SenderCore({ hello: helloOf(vm), pipelineDepth: 1, bodyBytesMax: 1 << 20, pagesPerFrameMax: 16 });
+    const side = new ReceiverSide();
+    side.feed(joinFrames(sender.start()));
+    for (const reply of side.sent.splice(0)) sender.receive(reply);
+    vm.pause();
+    const capture = vm.capture({ full: false, digest: false });
+    expect(() => sender.encodeTransaction(capture, [], 0)).toThrow(expect.objectContaining({ code: 'KEMARI_PROTOCOL' }));
+  });
+});
