@@ -25,6 +25,7 @@ export const ERROR_CODES = {
   KEMARI_VERIFY_FAILED: "After applying, the replica's state digest differed from COMMIT's; the epoch was rolled back.",
   KEMARI_NACKED: 'The secondary refused a transaction (the NACK reason is in details).',
   KEMARI_CONNECT_FAILED: 'A connection to the peer could not be established.',
+  KEMARI_LISTEN_FAILED: 'A listener could not be bound (address in use, a live socket at the path, no permission).',
   KEMARI_CONNECTION_CLOSED: 'The connection closed before the operation completed.',
   KEMARI_TLS_REFUSED: 'The TLS handshake failed: the peer presented no certificate or one not signed by the trusted CA.',
   KEMARI_BUSY: 'The secondary already serves a primary; a second one is refused (single writer).',
