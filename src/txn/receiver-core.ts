@@ -26,6 +26,7 @@ import type { Hello } from '../wire/bodies/hello.js';
 import { ReasonCode } from '../wire/bodies/reason.js';
 import { TxnDigest } from '../wire/txn-digest.js';
 import type { StagedTxn } from './staged-txn.js';
+import type { BodyAllocator } from './staging-arena.js';
 
 /** Options of a {@link ReceiverCore}. */
 export interface ReceiverCoreOptions {
@@ -40,6 +41,11 @@ export interface ReceiverCoreOptions {
    * while the previous is applied). Default 8.
    */
   pendingAppliesMax?: number;
+  /**
+   * Staging memory for frame bodies that span received chunks (see StagingArena). It is reset when a transaction
+   * begins with nothing awaiting apply, so the driver must not keep views of staged data after `applied`.
+   */
+  arena?: BodyAllocator;
   /** The last committed txn of the replica: the next transaction must be this plus one. */
   committedTxn: number;
   /**
@@ -86,7 +92,11 @@ export class ReceiverCore {
   private actions: ReceiverAction[] = [];
 
   constructor(private readonly options: ReceiverCoreOptions) {
-    this.decoder = new FrameDecoder({ bodyBytesMax: options.bodyBytesMax });
+    const arena = options.arena;
+    this.decoder = new FrameDecoder({
+      bodyBytesMax: options.bodyBytesMax,
+      ...(arena === undefined ? {} : { allocateBody: (bytes: number) => arena.allocate(bytes) }),
+    });
     this.lastTxn = options.committedTxn;
     this.appliedTxn = options.committedTxn;
   }
@@ -222,6 +232,8 @@ export class ReceiverCore {
     const digest = new TxnDigest();
     digest.add(frame.bodyBytes, frame.bodyCrc);
     this.checkBounds(digest, frame.txn);
+    // Nothing staged is alive (every committed transaction was applied): its memory can be reused.
+    if (this.awaitingApply.length === 0) this.options.arena?.reset();
     this.staging = {
       txn: {
         txn: frame.txn,

@@ -12,6 +12,7 @@ import { SenderCore } from '../../src/txn/sender-core.js';
 import { SimulatedVm } from '../../src/vm/simulated-vm.js';
 import { Workload } from '../../src/vm/workload.js';
 import { EventTap } from '../../src/tap/event-tap.js';
+import { StagingArena } from '../../src/txn/staging-arena.js';
 
 export function helloOf(vm: SimulatedVm, features: string[] = ['verify']): Hello {
   return {
@@ -41,9 +42,11 @@ export class ReceiverSide {
   readonly applied: number[] = [];
   closed = false;
 
-  constructor(options: { txnBytesMax?: number; txnFramesMax?: number; verify?: boolean; committedTxn?: number; replica?: Replica } = {}) {
+  constructor(options: { txnBytesMax?: number; txnFramesMax?: number; verify?: boolean; committedTxn?: number; replica?: Replica; stagingBytes?: number } = {}) {
     this.replica = options.replica;
     this.core = new ReceiverCore({
+      // Small on purpose: the full sync overflows it and later epochs reuse it, as a standby's would be reused.
+      arena: new StagingArena(options.stagingBytes ?? 96 * 1024),
       bodyBytesMax: 16 << 20,
       txnBytesMax: options.txnBytesMax ?? 1 << 30,
       txnFramesMax: options.txnFramesMax ?? 1 << 20,

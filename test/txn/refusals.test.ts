@@ -201,3 +201,25 @@ describe('HELLO', () => {
     expect(() => sender.encodeTransaction(capture, [], 0)).toThrow(expect.objectContaining({ code: 'KEMARI_PROTOCOL' }));
   });
 });
+
+describe('ack means applied (invariant 3)', () => {
+  it('a complete transaction yields an apply action and no ACK; the ACK comes only from applied()', async () => {
+    const { ReceiverCore } = await import('../../src/txn/receiver-core.js');
+    const core = new ReceiverCore({
+      bodyBytesMax: 1 << 20,
+      txnBytesMax: 1 << 30,
+      txnFramesMax: 1 << 20,
+      committedTxn: 0,
+      acceptHello: (hello) => ({ ...hello, role: 'secondary' }),
+    });
+    core.receive(recorded.hello);
+    const actions = core.receive(recorded.stream.subarray(0, recorded.epochs[0]!.endOffset));
+    expect(actions.map((a) => a.type)).toEqual(['apply']);
+    const acks = core.applied(1, new Uint8Array(0));
+    expect(acks.map((a) => a.type)).toEqual(['send']);
+    const ack = decodeOne(joinFrames([(acks[0] as { frame: Parameters<typeof joinFrames>[0][number] }).frame]));
+    expect([ack.type, ack.txn]).toEqual([FrameType.ACK, 1]);
+    // Reporting a txn out of order is a driver bug, refused loudly.
+    expect(() => core.applied(5, new Uint8Array(0))).toThrow(expect.objectContaining({ code: 'KEMARI_INVALID_ARGUMENT' }));
+  });
+});

@@ -1,0 +1,412 @@
+/**
+ * The primary: protects a running VM by checkpointing it to a secondary.
+ *
+ * This is the driver around {@link SenderCore}, {@link CheckpointController} and {@link EventTap}: it owns the
+ * connection, the timer and the VM calls. Each checkpoint pauses the VM only to capture the epoch (dirty pages
+ * copied into a send buffer, device states, disk writes) and seal the outputs tapped so far into it, resumes the
+ * VM, then streams the transaction while the guest runs (asynchronous transfer), with at most `pipelineDepth`
+ * transactions in flight. Outputs are released only when their epoch is acked.
+ *
+ * Events: 'progress' ({@link SyncProgress}, during the initial full sync), 'capture' ({@link PrimaryCapture}, an
+ * epoch was captured and is about to be sent), 'commit' ({@link PrimaryCommit}),
+ * 'release' ({@link ReleasedOutput}), 'disconnect' (KemariError), 'error' (KemariError; emitted only when listened
+ * to, and always recorded in `stats().lastError`).
+ */
+import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { KemariError } from '../errors.js';
+import { CheckpointController } from '../checkpoint/controller.js';
+import type { SyncPolicy } from '../checkpoint/controller.js';
+import { LatencyWindow } from '../stats/latency-window.js';
+import { EventTap } from '../tap/event-tap.js';
+import type { EventTapOptions, ReleasedOutput } from '../tap/event-tap.js';
+import type { Connection } from '../transport/connection.js';
+import { connect } from '../transport/index.js';
+import type { ConnectTlsOptions, Endpoint } from '../transport/index.js';
+import { SenderCore } from '../txn/sender-core.js';
+import type { SenderEvent } from '../txn/sender-core.js';
+import type { VmAdapter } from '../vm/adapter.js';
+import type { EncodedFrame } from '../wire/encoder.js';
+import { PROTOCOL_VERSION } from '../wire/header.js';
+import { DEFAULT_BODY_BYTES_MAX } from '../wire/decoder.js';
+
+/** Options of {@link Primary.start}. */
+export interface PrimaryOptions {
+  /** The VM to protect. */
+  vm: VmAdapter;
+  /** Where the secondary listens. */
+  secondary: Endpoint;
+  /** Mutual TLS (host/port endpoints only). */
+  tls?: ConnectTlsOptions;
+  /** Checkpoint policy. Default `{ mode: 'event' }`. */
+  sync?: SyncPolicy;
+  /** Most transactions in flight. Default 2. */
+  pipelineDepth?: number;
+  /** End-to-end verification: COMMIT carries the VM state digest; the secondary checks it after applying. */
+  verify?: boolean;
+  /** Names the replication session; the secondary refuses another session's primary. Default: a random UUID. */
+  sessionId?: string;
+  /** Largest frame body to send (must not exceed the secondary's bodyBytesMax). Default 16 MiB. */
+  bodyBytesMax?: number;
+  /** Most pages in one PAGES frame. Default 256 (1 MiB of 4 KiB pages). */
+  pagesPerFrameMax?: number;
+  /** Bounds of the event-tap. */
+  tap?: EventTapOptions;
+  /** Closes the primary when aborted. */
+  signal?: AbortSignal;
+  /** Connection timeout. Default 10 s. */
+  connectTimeoutMs?: number;
+  /** The clock, in milliseconds (injectable for tests). Default `performance.now`. */
+  clock?: () => number;
+  /**
+   * Called as the initial full sync is written (also emitted as 'progress'): `start` resolves only after the full
+   * sync is acked, so this is how a caller sees its progress.
+   */
+  onProgress?: (progress: SyncProgress) => void;
+}
+
+/** One acked epoch. */
+export interface PrimaryCommit {
+  txn: number;
+  full: boolean;
+  pages: number;
+  /** Bytes of the transaction on the wire. */
+  bytes: number;
+  /** How long the VM was paused for the capture. */
+  pauseMs: number;
+  /** From the start of the capture to the ack. */
+  latencyMs: number;
+  /** Outputs released by this ack. */
+  released: number;
+  /** The VM state digest of the epoch, when verification is on. */
+  digest?: Uint8Array;
+}
+
+/** One captured epoch, before it is sent: what the secondary will hold if it commits this txn. */
+export interface PrimaryCapture {
+  txn: number;
+  full: boolean;
+  pages: number;
+  /** Outputs sealed into the epoch. */
+  outputs: number;
+  pauseMs: number;
+  /** The VM state digest of the epoch, when verification is on. */
+  digest?: Uint8Array;
+}
+
+/** Progress of a full sync. */
+export interface SyncProgress {
+  txn: number;
+  bytesSent: number;
+  bytesTotal: number;
+}
+
+/** Counters and latency summaries. */
+export interface PrimaryStats {
+  state: Primary['state'];
+  epochs: number;
+  ackedTxn: number;
+  inFlight: number;
+  pagesSent: number;
+  bytesSent: number;
+  outputsHeld: number;
+  outputsReleased: number;
+  pauseMs: { p50: number; p99: number; max: number; count: number };
+  latencyMs: { p50: number; p99: number; max: number; count: number };
+  lastError: KemariError | undefined;
+}
+
+interface Pending {
+  txn: number;
+  full: boolean;
+  startMs: number;
+  pauseMs: number;
+  pages: number;
+  bytes: number;
+  digest: Uint8Array;
+}
+
+export class Primary extends EventEmitter {
+  /** The event-tap: `await primary.tap.output(channel, bytes)` resolves once the output is released. */
+  readonly tap: EventTap;
+  readonly sessionId: string;
+  private readonly vm: VmAdapter;
+  private readonly core: SenderCore;
+  private readonly controller: CheckpointController;
+  private readonly clock: () => number;
+  private readonly pending: Pending[] = [];
+  private readonly sendQueue: EncodedFrame[] = [];
+  private readonly pauses = new LatencyWindow();
+  private readonly latencies = new LatencyWindow();
+  private connection: Connection | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private capturing = false;
+  private firstDone = false;
+  private verifyActive = false;
+  private stateNow: 'connecting' | 'syncing' | 'protected' | 'disconnected' | 'closed' = 'connecting';
+  private epochs = 0;
+  private pagesSent = 0;
+  private bytesSent = 0;
+  private lastError: KemariError | undefined;
+  private fullSync: { txn: number; sent: number; total: number } | undefined;
+  private readonly abortListener: (() => void) | undefined;
+  private readonly signal: AbortSignal | undefined;
+
+  private constructor(options: PrimaryOptions, connection: Connection) {
+    super();
+    this.vm = options.vm;
+    this.clock = options.clock ?? (() => performance.now());
+    this.sessionId = options.sessionId ?? randomUUID();
+    this.tap = new EventTap(options.tap);
+    const pipelineDepth = options.pipelineDepth ?? 2;
+    this.controller = new CheckpointController(options.sync ?? { mode: 'event' }, pipelineDepth, this.clock());
+    const vm = options.vm;
+    this.core = new SenderCore({
+      hello: {
+        sessionId: this.sessionId,
+        role: 'primary',
+        versionMin: PROTOCOL_VERSION,
+        versionMax: PROTOCOL_VERSION,
+        memoryBytes: vm.memoryBytes,
+        pageBytes: vm.pageBytes,
+        devices: [...vm.deviceNames],
+        disks: vm.disks.map((d) => ({ id: d.id, bytes: d.bytes })),
+        committedTxn: 0,
+        features: options.verify === true ? ['verify'] : [],
+      },
+      pipelineDepth,
+      bodyBytesMax: options.bodyBytesMax ?? DEFAULT_BODY_BYTES_MAX,
+      pagesPerFrameMax: options.pagesPerFrameMax ?? 256,
+    });
+    this.connection = connection;
+    if (options.onProgress !== undefined) this.on('progress', options.onProgress);
+    this.tap.on('output', () => this.pump());
+    connection.on('data', (chunk) => this.onEvents(this.core.receive(chunk)));
+    connection.on('drain', () => this.flush());
+    connection.on('close', (error) => this.onClose(error));
+    this.signal = options.signal;
+    if (options.signal !== undefined) {
+      this.abortListener = () => this.close(new KemariError('KEMARI_ABORTED', 'the primary was aborted', { cause: options.signal?.reason }));
+      options.signal.addEventListener('abort', this.abortListener, { once: true });
+    }
+  }
+
+  /**
+   * Connects to the secondary, establishes the session, and runs the initial full sync. Resolves once the full
+   * sync is acked: from then on the VM is protected. Rejects with the KemariError that prevented it.
+   */
+  static async start(options: PrimaryOptions): Promise<Primary> {
+    if (options.signal?.aborted) throw new KemariError('KEMARI_ABORTED', 'aborted before start', { cause: options.signal.reason });
+    const connection = await connect(options.secondary, {
+      ...(options.tls === undefined ? {} : { tls: options.tls }),
+      ...(options.signal === undefined ? {} : { signal: options.signal }),
+      timeoutMs: options.connectTimeoutMs ?? 10_000,
+    });
+    const primary = new Primary(options, connection);
+    await primary.run();
+    return primary;
+  }
+
+  /** Where the primary stands. */
+  get state(): 'connecting' | 'syncing' | 'protected' | 'disconnected' | 'closed' {
+    return this.stateNow;
+  }
+
+  /** Counters and latency summaries. */
+  stats(): PrimaryStats {
+    return {
+      state: this.stateNow,
+      epochs: this.epochs,
+      ackedTxn: this.core.ackedTxn,
+      inFlight: this.core.inFlightCount,
+      pagesSent: this.pagesSent,
+      bytesSent: this.bytesSent,
+      outputsHeld: this.tap.heldCount,
+      outputsReleased: this.tap.released,
+      pauseMs: this.pauses.summary(),
+      latencyMs: this.latencies.summary(),
+      lastError: this.lastError,
+    };
+  }
+
+  /**
+   * Stops protecting: closes the connection and discards every held output with KEMARI_CLOSED (an output of an
+   * unacked epoch is never released). The VM is left as it is (running or paused). Idempotent.
+   */
+  close(error?: KemariError): void {
+    if (this.stateNow === 'closed') return;
+    this.stateNow = 'closed';
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    if (this.abortListener !== undefined) this.signal?.removeEventListener('abort', this.abortListener);
+    this.tap.discard(error ?? new KemariError('KEMARI_CLOSED', 'the primary was closed'));
+    this.core.connectionLost();
+    this.connection?.close(error);
+    this.connection = undefined;
+    this.settleStart?.(error ?? new KemariError('KEMARI_CLOSED', 'the primary was closed before protection began'));
+  }
+
+  private settleStart: ((error?: KemariError) => void) | undefined;
+
+  private run(): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.settleStart = (error) => {
+        this.settleStart = undefined;
+        if (error === undefined) resolve();
+        else reject(error);
+      };
+      this.write(this.core.start());
+    });
+  }
+
+  private onEvents(events: SenderEvent[]): void {
+    for (const event of events) {
+      switch (event.type) {
+        case 'session':
+          this.verifyActive = event.features.includes('verify');
+          this.stateNow = 'syncing';
+          this.pump();
+          break;
+        case 'ack':
+          this.onAck(event.txn);
+          break;
+        case 'heartbeat':
+          break;
+        case 'refused':
+          this.fail(event.error);
+          break;
+      }
+    }
+  }
+
+  private onAck(txn: number): void {
+    const pending = this.pending.shift();
+    if (pending === undefined || pending.txn !== txn) {
+      this.fail(new KemariError('KEMARI_PROTOCOL', `ack for txn ${txn} does not match the oldest pending transaction`));
+      return;
+    }
+    const latencyMs = this.clock() - pending.startMs;
+    this.latencies.add(latencyMs);
+    const released = this.tap.release(txn);
+    for (const output of released) this.emit('release', output);
+    const commit: PrimaryCommit = {
+      txn,
+      full: pending.full,
+      pages: pending.pages,
+      bytes: pending.bytes,
+      pauseMs: pending.pauseMs,
+      latencyMs,
+      released: released.length,
+      ...(this.verifyActive ? { digest: pending.digest } : {}),
+    };
+    if (pending.full) this.stateNow = 'protected';
+    this.emit('commit', commit);
+    if (pending.full) this.settleStart?.();
+    this.pump();
+  }
+
+  /** Starts a checkpoint if the controller says so; (re)arms the timer otherwise. */
+  private pump(): void {
+    if (this.stateNow !== 'syncing' && this.stateNow !== 'protected') return;
+    if (this.capturing || !this.core.canBegin) return;
+    const input = { nowMs: this.clock(), inFlight: this.core.inFlightCount, openOutputs: this.tap.openCount };
+    if (!this.firstDone || this.controller.shouldCapture(input)) {
+      void this.checkpoint();
+      return;
+    }
+    const next = this.controller.nextCheckMs(input);
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = next === undefined ? undefined : setTimeout(() => this.pump(), Math.max(0, next - input.nowMs));
+  }
+
+  private async checkpoint(): Promise<void> {
+    this.capturing = true;
+    const full = !this.firstDone;
+    this.firstDone = true;
+    const startMs = this.clock();
+    this.controller.captureStarted(startMs);
+    try {
+      await this.vm.pause();
+      let capture;
+      let events;
+      try {
+        capture = await this.vm.capture({ full, digest: this.verifyActive });
+        events = this.tap.seal(this.core.nextTxn);
+      } finally {
+        await this.vm.resume();
+      }
+      const pauseMs = this.clock() - startMs;
+      this.pauses.add(pauseMs);
+      if (this.stateNow === 'closed' || this.core.closed) return;
+      const out = this.core.encodeTransaction(capture, events, this.tap.releasedTxn);
+      this.epochs += 1;
+      this.pagesSent += out.pageCount;
+      this.pending.push({ txn: out.txn, full: out.full, startMs, pauseMs, pages: out.pageCount, bytes: out.wireBytes, digest: out.stateDigest });
+      if (full) this.fullSync = { txn: out.txn, sent: 0, total: out.wireBytes };
+      const captured: PrimaryCapture = {
+        txn: out.txn,
+        full,
+        pages: out.pageCount,
+        outputs: events.length,
+        pauseMs,
+        ...(this.verifyActive ? { digest: out.stateDigest } : {}),
+      };
+      this.emit('capture', captured);
+      this.write(out.frames);
+    } catch (error) {
+      this.fail(error instanceof KemariError ? error : new KemariError('KEMARI_INVALID_ARGUMENT', 'the VM failed to capture an epoch', { cause: error }));
+    } finally {
+      this.capturing = false;
+      this.controller.captureFinished();
+    }
+    this.pump();
+  }
+
+  private write(frames: EncodedFrame[]): void {
+    for (const frame of frames) this.sendQueue.push(frame);
+    this.flush();
+  }
+
+  /** Writes queued frames until the connection pushes back; resumes on 'drain'. */
+  private flush(): void {
+    const connection = this.connection;
+    if (connection === undefined) return;
+    while (this.sendQueue.length > 0) {
+      const frame = this.sendQueue.shift()!;
+      const ok = connection.write([frame.header, ...frame.body]);
+      const bytes = frame.header.byteLength + frame.bodyBytes;
+      this.bytesSent += bytes;
+      const sync = this.fullSync;
+      if (sync !== undefined) {
+        sync.sent += bytes;
+        const progress: SyncProgress = { txn: sync.txn, bytesSent: sync.sent, bytesTotal: sync.total };
+        this.emit('progress', progress);
+        if (sync.sent >= sync.total) this.fullSync = undefined;
+      }
+      if (!ok) return;
+    }
+  }
+
+  private onClose(error: KemariError | undefined): void {
+    if (this.stateNow === 'closed') return;
+    const reason = error ?? new KemariError('KEMARI_CONNECTION_CLOSED', 'the secondary closed the connection');
+    this.fail(reason);
+  }
+
+  /**
+   * The session is over (refused, lost). Held outputs stay held: they are not released, since their epochs may
+   * never be acked, and not rejected, since failover or re-protection may yet commit them.
+   */
+  private fail(error: KemariError): void {
+    if (this.stateNow === 'closed' || this.stateNow === 'disconnected') return;
+    this.lastError = error;
+    this.stateNow = 'disconnected';
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.core.connectionLost();
+    this.sendQueue.length = 0;
+    this.connection?.close(error);
+    this.connection = undefined;
+    this.emit('disconnect', error);
+    if (this.listenerCount('error') > 0) this.emit('error', error);
+    this.settleStart?.(error);
+  }
+}

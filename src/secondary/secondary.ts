@@ -1,0 +1,377 @@
+/**
+ * The secondary: keeps a replica of the primary's VM, one committed epoch at a time, and can resume the VM from
+ * it.
+ *
+ * This is the driver around {@link ReceiverCore} and {@link Replica}: it owns the listener and the connection.
+ * One primary at a time (single writer): while a session is active, another primary is refused with
+ * KEMARI_BUSY. The replica outlives connections: a primary that reconnects resumes from the committed epoch.
+ *
+ * Events: 'session' (the primary's Hello), 'commit' ({@link SecondaryCommit}), 'aborted' ({ txn, reason }),
+ * 'disconnect' (KemariError | undefined), 'heartbeat', 'failover', 'error' (KemariError; emitted only when
+ * listened to, and always recorded in `stats().lastError`).
+ */
+import { EventEmitter } from 'node:events';
+import { KemariError } from '../errors.js';
+import { Replica } from '../replica/replica.js';
+import type { ReplayEvent, ReplicaSnapshot } from '../replica/replica.js';
+import type { Connection } from '../transport/connection.js';
+import { listen } from '../transport/index.js';
+import type { Listener, TlsCredentials } from '../transport/index.js';
+import { ReceiverCore } from '../txn/receiver-core.js';
+import { StagingArena } from '../txn/staging-arena.js';
+import type { ReceiverAction } from '../txn/receiver-core.js';
+import { SimulatedVm } from '../vm/simulated-vm.js';
+import { DEFAULT_BODY_BYTES_MAX } from '../wire/decoder.js';
+import { PROTOCOL_VERSION } from '../wire/header.js';
+import type { Hello } from '../wire/bodies/hello.js';
+import { isValidPageBytes } from '../wire/bodies/pages.js';
+
+/** Options of {@link Secondary.listen}. Give `host` and `port` for TCP (and TLS), or `path` for a unix socket. */
+export interface SecondaryOptions {
+  host?: string;
+  port?: number;
+  path?: string;
+  /** Mutual TLS (TCP only). */
+  tls?: TlsCredentials;
+  /** Verify every epoch against the primary's state digest (the primary must enable it too). */
+  verify?: boolean;
+  /** Accept only this session. Default: the first session seen; later ones must match it. */
+  sessionId?: string;
+  /** Largest frame body accepted. Default 16 MiB. */
+  bodyBytesMax?: number;
+  /** Largest transaction staged before its COMMIT. Default 1 GiB. */
+  txnBytesMax?: number;
+  /** Most frames in one transaction. Default 1,000,000. */
+  txnFramesMax?: number;
+  /** Largest guest memory a primary may announce (the replica allocates it). Default 8 GiB. */
+  memoryBytesMax?: number;
+  /** Largest total disk size a primary may announce. Default 64 GiB. */
+  diskBytesMax?: number;
+  /**
+   * Receive staging memory, allocated and faulted in once when the first session starts and reused for every
+   * transaction. Default: the guest's memory plus its disks plus 2 MiB (a full sync fits), capped at txnBytesMax.
+   * 0 stages every frame body that spans socket reads in a fresh allocation instead.
+   */
+  stagingBytes?: number;
+  /** Closes the secondary when aborted. */
+  signal?: AbortSignal;
+}
+
+/** One applied epoch. */
+export interface SecondaryCommit {
+  txn: number;
+  full: boolean;
+  pages: number;
+  bytes: number;
+  /** The replica's state digest after applying, when verification is on. */
+  digest?: Uint8Array;
+}
+
+/** What promotion hands back. */
+export interface Promotion {
+  /** The VM restored from the last committed epoch, ready to run. */
+  vm: SimulatedVm;
+  /** The epoch it was restored from. */
+  txn: number;
+  /** Outputs of committed epochs the primary may not have released, in order: replay them. */
+  replay: ReplayEvent[];
+}
+
+/** Counters. */
+export interface SecondaryStats {
+  state: Secondary['state'];
+  committedTxn: number;
+  epochs: number;
+  bytesApplied: number;
+  pagesApplied: number;
+  stagedBytes: number;
+  pendingReplay: number;
+  refusedConnections: number;
+  lastError: KemariError | undefined;
+}
+
+interface Session {
+  connection: Connection;
+  core: ReceiverCore;
+}
+
+export class Secondary extends EventEmitter {
+  private readonly options: SecondaryOptions;
+  private listener: Listener | undefined;
+  private session: Session | undefined;
+  private replicaNow: Replica | undefined;
+  private arena: StagingArena | undefined;
+  private sessionId: string | undefined;
+  private verifyActive = false;
+  private stateNow: 'listening' | 'replicating' | 'promoted' | 'closed' = 'listening';
+  private epochs = 0;
+  private bytesApplied = 0;
+  private pagesApplied = 0;
+  private refused = 0;
+  private lastError: KemariError | undefined;
+  private abortListener: (() => void) | undefined;
+
+  private constructor(options: SecondaryOptions) {
+    super();
+    this.options = options;
+    this.sessionId = options.sessionId;
+  }
+
+  /** Starts listening for a primary. */
+  static async listen(options: SecondaryOptions = {}): Promise<Secondary> {
+    if (options.signal?.aborted) throw new KemariError('KEMARI_ABORTED', 'aborted before listen', { cause: options.signal.reason });
+    const staging = options.stagingBytes;
+    if (staging !== undefined && (!Number.isSafeInteger(staging) || staging < 0)) {
+      throw new KemariError('KEMARI_INVALID_ARGUMENT', 'stagingBytes must be a non-negative integer', { details: { stagingBytes: staging } });
+    }
+    for (const name of ['bodyBytesMax', 'txnBytesMax', 'txnFramesMax', 'memoryBytesMax', 'diskBytesMax'] as const) {
+      const value = options[name];
+      if (value !== undefined && (!Number.isSafeInteger(value) || value <= 0)) {
+        throw new KemariError('KEMARI_INVALID_ARGUMENT', `${name} must be a positive integer`, { details: { [name]: value } });
+      }
+    }
+    const secondary = new Secondary(options);
+    const endpoint =
+      options.path !== undefined ? { path: options.path } : { host: options.host ?? '127.0.0.1', port: options.port ?? 0 };
+    secondary.listener = await listen(endpoint, (connection) => secondary.accept(connection), {
+      ...(options.tls === undefined ? {} : { tls: options.tls }),
+      onRefused: (error) => {
+        secondary.refused += 1;
+        secondary.report(error);
+      },
+    });
+    if (options.signal !== undefined) {
+      const signal = options.signal;
+      secondary.abortListener = () => void secondary.close();
+      signal.addEventListener('abort', secondary.abortListener, { once: true });
+    }
+    return secondary;
+  }
+
+  /** The TCP port listened on (0 for unix sockets). */
+  get port(): number {
+    return this.listener?.port ?? 0;
+  }
+
+  /** Where the secondary stands. */
+  get state(): 'listening' | 'replicating' | 'promoted' | 'closed' {
+    return this.stateNow;
+  }
+
+  /** The replica (undefined until a primary has said HELLO). */
+  get replica(): Replica | undefined {
+    return this.replicaNow;
+  }
+
+  /** The last committed epoch (0 when none). */
+  get committedTxn(): number {
+    return this.replicaNow?.committedTxn ?? 0;
+  }
+
+  /** Counters. */
+  stats(): SecondaryStats {
+    return {
+      state: this.stateNow,
+      committedTxn: this.committedTxn,
+      epochs: this.epochs,
+      bytesApplied: this.bytesApplied,
+      pagesApplied: this.pagesApplied,
+      stagedBytes: this.session?.core.stagedBytes ?? 0,
+      pendingReplay: this.replicaNow?.pendingEvents.length ?? 0,
+      refusedConnections: this.refused,
+      lastError: this.lastError,
+    };
+  }
+
+  /**
+   * Takes over: stops listening, ends the session with the primary (a transaction being staged is discarded),
+   * and returns a VM restored from the last committed epoch with the outputs to replay. Throws KEMARI_NO_REPLICA
+   * when no epoch was ever committed.
+   */
+  async promote(): Promise<Promotion> {
+    if (this.stateNow === 'closed' || this.stateNow === 'promoted') {
+      throw new KemariError('KEMARI_CLOSED', `cannot promote a secondary that is ${this.stateNow}`);
+    }
+    const replica = this.replicaNow;
+    if (replica === undefined || !replica.hasCommittedEpoch) {
+      throw new KemariError('KEMARI_NO_REPLICA', 'no epoch has been committed; there is nothing to resume');
+    }
+    this.stateNow = 'promoted';
+    this.endSession(new KemariError('KEMARI_CLOSED', 'the secondary was promoted'));
+    await this.listener?.close();
+    this.listener = undefined;
+    const snapshot: ReplicaSnapshot = replica.snapshot();
+    const vm = SimulatedVm.restore(snapshot);
+    return { vm, txn: snapshot.txn, replay: [...replica.pendingEvents] };
+  }
+
+  /** Stops listening and ends the session; the replica is dropped. Idempotent. */
+  async close(): Promise<void> {
+    if (this.stateNow === 'closed') return;
+    this.stateNow = 'closed';
+    if (this.abortListener !== undefined) this.options.signal?.removeEventListener('abort', this.abortListener);
+    this.endSession(new KemariError('KEMARI_CLOSED', 'the secondary was closed'));
+    const listener = this.listener;
+    this.listener = undefined;
+    await listener?.close();
+  }
+
+  private accept(connection: Connection): void {
+    if (this.stateNow !== 'listening' && this.stateNow !== 'replicating') {
+      connection.close(new KemariError('KEMARI_CLOSED', 'the secondary no longer accepts primaries'));
+      return;
+    }
+    const busy = this.session !== undefined;
+    const core = new ReceiverCore({
+      arena: {
+        // The arena exists once the first HELLO told the guest's size; until then nothing large is staged.
+        allocate: (bytes: number) => (this.arena !== undefined && !busy ? this.arena.allocate(bytes) : new Uint8Array(bytes)),
+        reset: () => {
+          if (!busy) this.arena?.reset();
+        },
+      },
+      bodyBytesMax: this.options.bodyBytesMax ?? DEFAULT_BODY_BYTES_MAX,
+      txnBytesMax: this.options.txnBytesMax ?? 1 << 30,
+      txnFramesMax: this.options.txnFramesMax ?? 1_000_000,
+      committedTxn: this.replicaNow?.committedTxn ?? 0,
+      acceptHello: (hello) => {
+        if (busy) {
+          this.refused += 1;
+          throw new KemariError('KEMARI_BUSY', 'another primary is being served');
+        }
+        return this.acceptHello(hello);
+      },
+    });
+    const session: Session = { connection, core };
+    if (!busy) this.session = session;
+    connection.on('data', (chunk) => this.act(session, core.receive(chunk)));
+    connection.on('close', (error) => {
+      this.act(session, core.connectionLost());
+      if (this.session === session) {
+        this.session = undefined;
+        if (this.stateNow === 'replicating') this.stateNow = 'listening';
+        this.emit('disconnect', error);
+      }
+    });
+  }
+
+  private acceptHello(hello: Hello): Hello {
+    const mismatch = (message: string, details: Record<string, unknown> = {}): never => {
+      throw new KemariError('KEMARI_HELLO_MISMATCH', message, { details });
+    };
+    if (PROTOCOL_VERSION < hello.versionMin || PROTOCOL_VERSION > hello.versionMax) {
+      mismatch(`protocol versions ${hello.versionMin}..${hello.versionMax} exclude ${PROTOCOL_VERSION}`);
+    }
+    if (this.sessionId !== undefined && hello.sessionId !== this.sessionId) {
+      mismatch(`session ${hello.sessionId} is not this secondary's session ${this.sessionId}`);
+    }
+    const replica = this.replicaNow;
+    if (replica !== undefined) {
+      const g = replica.geometry;
+      const same =
+        g.memoryBytes === hello.memoryBytes &&
+        g.pageBytes === hello.pageBytes &&
+        g.deviceNames.join('\0') === hello.devices.join('\0') &&
+        g.disks.map((d) => `${d.id}:${d.bytes}`).join(',') === hello.disks.map((d) => `${d.id}:${d.bytes}`).join(',');
+      if (!same) mismatch('the VM geometry or inventory differs from the replica');
+    } else {
+      if (!isValidPageBytes(hello.pageBytes) || hello.memoryBytes <= 0 || hello.memoryBytes % hello.pageBytes !== 0) {
+        mismatch('invalid memory geometry', { memoryBytes: hello.memoryBytes, pageBytes: hello.pageBytes });
+      }
+      if (hello.memoryBytes > (this.options.memoryBytesMax ?? 8 * 2 ** 30)) mismatch('guest memory exceeds memoryBytesMax', { memoryBytes: hello.memoryBytes });
+      const diskBytes = hello.disks.reduce((n, d) => n + d.bytes, 0);
+      if (diskBytes > (this.options.diskBytesMax ?? 64 * 2 ** 30)) mismatch('disks exceed diskBytesMax', { diskBytes });
+      if (new Set(hello.disks.map((d) => d.id)).size !== hello.disks.length) mismatch('duplicate disk ids');
+      if (new Set(hello.devices).size !== hello.devices.length) mismatch('duplicate device names');
+      this.replicaNow = new Replica({ memoryBytes: hello.memoryBytes, pageBytes: hello.pageBytes, deviceNames: hello.devices, disks: hello.disks });
+      const txnBytesMax = this.options.txnBytesMax ?? 1 << 30;
+      const stagingBytes = this.options.stagingBytes ?? Math.min(txnBytesMax, hello.memoryBytes + diskBytes + (2 << 20));
+      if (stagingBytes > 0) this.arena = new StagingArena(stagingBytes);
+    }
+    this.sessionId = hello.sessionId;
+    const features = this.options.verify === true ? ['verify'] : [];
+    this.verifyActive = features.includes('verify') && hello.features.includes('verify');
+    this.stateNow = 'replicating';
+    const r = this.replicaNow!;
+    return {
+      sessionId: hello.sessionId,
+      role: 'secondary',
+      versionMin: PROTOCOL_VERSION,
+      versionMax: PROTOCOL_VERSION,
+      memoryBytes: r.geometry.memoryBytes,
+      pageBytes: r.geometry.pageBytes,
+      devices: [...r.geometry.deviceNames],
+      disks: r.geometry.disks.map((d) => ({ id: d.id, bytes: d.bytes })),
+      committedTxn: r.committedTxn,
+      features: features.filter((f) => hello.features.includes(f)),
+    };
+  }
+
+  /** Carries out the core's actions in order (see ReceiverCore for the duties). */
+  private act(session: Session, actions: ReceiverAction[]): void {
+    for (const action of actions) {
+      switch (action.type) {
+        case 'send':
+          session.connection.write([action.frame.header, ...action.frame.body]);
+          break;
+        case 'session':
+          this.emit('session', action.hello);
+          break;
+        case 'apply': {
+          const replica = this.replicaNow!;
+          const staged = action.txn;
+          let digest: Uint8Array;
+          try {
+            digest = replica.apply(staged, { verify: this.verifyActive });
+          } catch (error) {
+            const e = error instanceof KemariError ? error : new KemariError('KEMARI_BAD_BODY', 'the transaction could not be applied', { cause: error });
+            this.report(e);
+            this.act(session, session.core.applyFailed(staged.txn, e));
+            return;
+          }
+          this.epochs += 1;
+          this.bytesApplied += staged.bodyBytes;
+          this.pagesApplied += staged.pages.length;
+          // Ack only now that the epoch is applied (invariant 3).
+          this.act(session, session.core.applied(staged.txn, digest));
+          const commit: SecondaryCommit = {
+            txn: staged.txn,
+            full: staged.full,
+            pages: staged.pages.length,
+            bytes: staged.bodyBytes,
+            ...(this.verifyActive ? { digest } : {}),
+          };
+          this.emit('commit', commit);
+          break;
+        }
+        case 'aborted':
+          this.emit('aborted', { txn: action.txn, reason: action.reason });
+          break;
+        case 'heartbeat':
+          this.emit('heartbeat', action.heartbeat);
+          break;
+        case 'failover':
+          this.emit('failover', action.failover);
+          break;
+        case 'close':
+          if (action.error !== undefined) this.report(action.error);
+          session.connection.close();
+          break;
+      }
+    }
+  }
+
+  private endSession(error: KemariError): void {
+    const session = this.session;
+    if (session === undefined) return;
+    this.session = undefined;
+    const actions = session.core.shutdown(error);
+    for (const action of actions) if (action.type === 'send') session.connection.write([action.frame.header, ...action.frame.body]);
+    session.connection.close();
+  }
+
+  private report(error: KemariError): void {
+    this.lastError = error;
+    if (this.listenerCount('error') > 0) this.emit('error', error);
+  }
+}
