@@ -1,98 +1,112 @@
 /**
- * `npm run demo`: one ft-transaction over the wire, end to end in one process.
+ * `npm run demo`: protect a SimulatedVm over loopback TCP, kill the primary, fail over, and check the result.
  *
- * Captures an epoch of a small guest (dirty pages, a device, a disk write, a held output), frames it as BEGIN,
- * PAGES, DEVICE, DISK, EVENT and COMMIT, streams the bytes through the decoder in random-sized chunks as a socket
- * would deliver them, checks COMMIT's frame count, byte count and CRC digest, then shows a flipped bit being
- * refused with its error code. The replication demo (primary, secondary, failover) replaces this with issue 3.
+ * This process is the secondary. It starts the primary as a child process (examples/demo-primary.ts), lets the
+ * guest run with outputs going through the event-tap, then SIGKILLs the primary at a random moment, promotes
+ * itself, and verifies: the resumed VM's digest equals the digest the primary recorded when it captured that
+ * epoch, and no output of an epoch the secondary had not committed was ever released. Then the guest continues
+ * on the promoted VM, and a short report is printed. Exits non-zero if any check fails.
  */
+import { fork } from 'node:child_process';
 import { randomInt } from 'node:crypto';
-import {
-  FRAME_TYPE_NAMES,
-  FrameDecoder,
-  FrameType,
-  HEADER_BYTES,
-  KemariError,
-  PageKind,
-  TxnDigest,
-  crc32cImplementation,
-  encodeFrame,
-} from '../src/index.js';
-import type { DecodedFrame, EncodedFrame, Frame, Page } from '../src/index.js';
+import { Secondary } from '../src/secondary/secondary.js';
+import type { SecondaryCommit } from '../src/secondary/secondary.js';
+import { crc32cImplementation } from '../src/wire/checksum.js';
+import { digestHex } from '../src/replica/state-digest.js';
+import { Workload } from '../src/vm/workload.js';
 
-const PAGE_BYTES = 4096;
-const memory = new Uint8Array(256 * PAGE_BYTES);
-const dirty = [3, 4, 5, 17, 90, 91, 200];
-for (const index of dirty) memory.fill(index, index * PAGE_BYTES, (index + 1) * PAGE_BYTES);
-memory.fill(0, 17 * PAGE_BYTES, 18 * PAGE_BYTES);
+interface Message {
+  type: string;
+  [key: string]: unknown;
+}
 
-const txn = 42;
-const pages: Page[] = dirty.map((index) =>
-  index === 17
-    ? { index, kind: PageKind.ZERO, data: new Uint8Array(0) }
-    : { index, kind: PageKind.RAW, data: memory.subarray(index * PAGE_BYTES, (index + 1) * PAGE_BYTES) },
-);
-const body: Frame[] = [
-  { type: FrameType.BEGIN, txn, seq: 0, body: { full: false, baseTxn: txn - 1, releasedTxn: txn - 2 } },
-  { type: FrameType.PAGES, txn, seq: 1, body: { pageBytes: PAGE_BYTES, pages } },
-  { type: FrameType.DEVICE, txn, seq: 2, body: { name: 'cpu0', state: { rip: 0x7c00, ticks: 1234 } } },
-  { type: FrameType.DISK, txn, seq: 3, body: { diskId: 0, offset: 512 * 8, data: new Uint8Array(512).fill(0xd1) } },
-  { type: FrameType.EVENT, txn, seq: 4, body: { id: 1, channel: 'serial0', payload: new TextEncoder().encode('login: ') } },
-];
+const MEMORY_BYTES = 32 << 20;
+const killAfterMs = randomInt(600, 1800);
 
-const digest = new TxnDigest();
-const encoded: EncodedFrame[] = body.map((frame) => {
-  const e = encodeFrame(frame);
-  digest.add(e.bodyBytes, e.bodyCrc);
-  return e;
+const secondary = await Secondary.listen({ host: '127.0.0.1', port: 0, verify: true, sessionId: 'demo-vm' });
+const committed = new Set<number>();
+secondary.on('commit', (c: SecondaryCommit) => committed.add(c.txn));
+
+const captured = new Map<number, string>();
+const releases: Array<{ txn: number; id: number; committedThen: boolean }> = [];
+const pauses: number[] = [];
+const latencies: number[] = [];
+let pages = 0;
+let bytes = 0;
+let epochs = 0;
+
+console.log(`kemari demo: a ${MEMORY_BYTES >> 20} MiB SimulatedVm protected over loopback TCP (crc32c: ${crc32cImplementation()})`);
+const child = fork(new URL('./demo-primary.ts', import.meta.url), [String(secondary.port), String(MEMORY_BYTES)], {
+  execArgv: process.execArgv,
+  stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
 });
-encoded.push(
-  encodeFrame({
-    type: FrameType.COMMIT,
-    txn,
-    seq: digest.frameCount,
-    body: { frameCount: digest.frameCount, crcDigest: digest.crcDigest, bodyBytes: digest.bodyBytes, stateDigest: new Uint8Array(0) },
-  }),
+let lastProgress = -1;
+child.on('message', (raw) => {
+  const m = raw as Message;
+  if (m.type === 'progress') {
+    const percent = Math.floor((100 * Number(m.bytesSent)) / Number(m.bytesTotal));
+    if (percent >= lastProgress + 25 || percent === 100) {
+      lastProgress = percent;
+      console.log(`  full sync: ${percent}% of ${(Number(m.bytesTotal) / 2 ** 20).toFixed(1)} MiB`);
+    }
+  } else if (m.type === 'protected') {
+    console.log(`  protected; the guest runs; the primary will be killed in ${killAfterMs} ms`);
+    setTimeout(() => child.kill('SIGKILL'), killAfterMs);
+  } else if (m.type === 'capture') captured.set(Number(m.txn), String(m.digest));
+  else if (m.type === 'commit') {
+    epochs += 1;
+    pages += Number(m.pages);
+    bytes += Number(m.bytes);
+    if (Number(m.txn) > 1) {
+      pauses.push(Number(m.pauseMs));
+      latencies.push(Number(m.latencyMs));
+    }
+  } else if (m.type === 'release') releases.push({ txn: Number(m.txn), id: Number(m.id), committedThen: committed.has(Number(m.txn)) });
+});
+const exit = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+  child.on('exit', (code, signal) => resolve({ code, signal })),
 );
-const stream = Buffer.concat(encoded.flatMap((e) => [e.header, ...e.body]));
-console.log(`kemari wire demo (crc32c: ${crc32cImplementation()})`);
-console.log(`txn ${txn}: ${encoded.length} frames, ${stream.length} bytes on the wire, ${dirty.length} dirty pages`);
-
-// Receive in random chunks, as a socket delivers them.
-const decoder = new FrameDecoder();
-const received: DecodedFrame[] = [];
-let chunks = 0;
-for (let at = 0; at < stream.length; chunks++) {
-  const next = Math.min(stream.length, at + randomInt(1, 8192));
-  decoder.push(stream.subarray(at, next), (frame) => received.push(frame));
-  at = next;
-}
-decoder.end();
-
-const check = new TxnDigest();
-for (const frame of received) {
-  if (frame.type === FrameType.COMMIT) {
-    const ok =
-      frame.body.frameCount === check.frameCount &&
-      frame.body.bodyBytes === check.bodyBytes &&
-      frame.body.crcDigest === check.crcDigest;
-    console.log(`  COMMIT   frames=${frame.body.frameCount} bytes=${frame.body.bodyBytes} digest=${frame.body.crcDigest.toString(16)} → ${ok ? 'complete and verified' : 'MISMATCH'}`);
-    if (!ok) process.exit(1);
-  } else {
-    check.add(frame.bodyBytes, frame.bodyCrc);
-    console.log(`  ${FRAME_TYPE_NAMES[frame.type].padEnd(8)} seq=${frame.seq} body=${frame.bodyBytes} bytes`);
-  }
-}
-console.log(`decoded from ${chunks} chunks of random size`);
-
-// A single flipped bit in a page is refused, with its code.
-const corrupt = Buffer.from(stream);
-corrupt[encoded[0]!.header.byteLength + encoded[0]!.bodyBytes + HEADER_BYTES + 500]! ^= 0x10;
-try {
-  new FrameDecoder().push(corrupt, () => {});
-  console.log('corruption went unnoticed');
+if (exit.signal !== 'SIGKILL') {
+  console.error(`the primary exited on its own (code ${exit.code}, signal ${exit.signal})`);
   process.exit(1);
-} catch (error) {
-  if (!(error instanceof KemariError)) throw error;
-  console.log(`one flipped bit in the PAGES frame → refused: ${error.code}`);
 }
+console.log('  primary killed with SIGKILL; promoting the secondary');
+
+const failoverStart = performance.now();
+const { vm, txn, replay } = await secondary.promote();
+const failoverMs = performance.now() - failoverStart;
+const resumedDigest = digestHex(vm.digest());
+const failures: string[] = [];
+if (captured.get(txn) !== resumedDigest) {
+  failures.push(`resumed digest ${resumedDigest} differs from the primary's digest of epoch ${txn}: ${captured.get(txn)}`);
+}
+const early = releases.filter((r) => !r.committedThen || r.txn > txn);
+if (early.length > 0) failures.push(`${early.length} outputs were released before their epoch was committed`);
+if (releases.length === 0) failures.push('no output was released at all: the run was too short to show anything');
+
+// The guest continues on the promoted VM from the committed epoch.
+const workload = new Workload(vm, { seed: 7, outputEvery: 0 });
+const counterAtFailover = workload.counter;
+workload.run(10);
+
+const pct = (values: number[], p: number): string => {
+  if (values.length === 0) return '-';
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!.toFixed(2);
+};
+console.log('');
+console.log('report');
+console.log(`  epochs acked by the primary : ${epochs} (${pages} pages, ${(bytes / 2 ** 20).toFixed(1)} MiB on the wire)`);
+console.log(`  epochs committed (secondary): ${committed.size}, last ${txn}`);
+console.log(`  VM pause per checkpoint     : p50 ${pct(pauses, 50)} ms, p99 ${pct(pauses, 99)} ms`);
+console.log(`  commit latency              : p50 ${pct(latencies, 50)} ms, p99 ${pct(latencies, 99)} ms`);
+console.log(`  outputs released            : ${releases.length}, all of committed epochs: ${early.length === 0 ? 'yes' : 'NO'}`);
+console.log(`  outputs to replay           : ${replay.length} (of committed epochs the primary may not have released)`);
+console.log(`  resumed from epoch          : ${txn}, digest ${resumedDigest.slice(0, 16)}… ${captured.get(txn) === resumedDigest ? 'equals' : 'DIFFERS FROM'} the primary's`);
+console.log(`  promotion took              : ${failoverMs.toFixed(1)} ms; guest counter ${counterAtFailover} → ${workload.counter} on the new primary`);
+if (failures.length > 0) {
+  for (const f of failures) console.error(`FAILED: ${f}`);
+  process.exit(1);
+}
+console.log('all checks passed');
+process.exit(0);
