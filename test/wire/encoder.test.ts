@@ -49,10 +49,10 @@ describe('encodeFrame', () => {
   });
 
   it.each<[string, Frame]>([
-    ['negative txn', { type: FrameType.BEGIN, txn: -1, seq: 0, body: { full: true, baseTxn: 0 } }],
-    ['txn beyond 2^53-1', { type: FrameType.BEGIN, txn: 2 ** 53, seq: 0, body: { full: true, baseTxn: 0 } }],
-    ['fractional seq', { type: FrameType.BEGIN, txn: 1, seq: 0.5, body: { full: true, baseTxn: 0 } }],
-    ['seq beyond u32', { type: FrameType.BEGIN, txn: 1, seq: 2 ** 32, body: { full: true, baseTxn: 0 } }],
+    ['negative txn', { type: FrameType.BEGIN, txn: -1, seq: 0, body: { full: true, baseTxn: 0, releasedTxn: 0 } }],
+    ['txn beyond 2^53-1', { type: FrameType.BEGIN, txn: 2 ** 53, seq: 0, body: { full: true, baseTxn: 0, releasedTxn: 0 } }],
+    ['fractional seq', { type: FrameType.BEGIN, txn: 1, seq: 0.5, body: { full: true, baseTxn: 0, releasedTxn: 0 } }],
+    ['seq beyond u32', { type: FrameType.BEGIN, txn: 1, seq: 2 ** 32, body: { full: true, baseTxn: 0, releasedTxn: 0 } }],
     ['unknown type', { type: 99, txn: 1, seq: 0, body: {} } as unknown as Frame],
     ['empty page batch', { type: FrameType.PAGES, txn: 1, seq: 1, body: { pageBytes: 4096, pages: [] } }],
     ['page size 3000', { type: FrameType.PAGES, txn: 1, seq: 1, body: { pageBytes: 3000, pages: [raw(0)] } }],
