@@ -23,11 +23,11 @@ import type { EventTapOptions, ReleasedOutput } from '../tap/event-tap.js';
 import type { Connection } from '../transport/connection.js';
 import { connect } from '../transport/index.js';
 import type { ConnectTlsOptions, Endpoint } from '../transport/index.js';
+import { primaryHello } from '../txn/hello-for.js';
 import { SenderCore } from '../txn/sender-core.js';
 import type { SenderEvent } from '../txn/sender-core.js';
 import type { VmAdapter } from '../vm/adapter.js';
 import type { EncodedFrame } from '../wire/encoder.js';
-import { PROTOCOL_VERSION } from '../wire/header.js';
 import { DEFAULT_BODY_BYTES_MAX } from '../wire/decoder.js';
 
 /** Options of {@link Primary.start}. */
@@ -160,20 +160,8 @@ export class Primary extends EventEmitter {
     this.tap = new EventTap(options.tap);
     const pipelineDepth = options.pipelineDepth ?? 2;
     this.controller = new CheckpointController(options.sync ?? { mode: 'event' }, pipelineDepth, this.clock());
-    const vm = options.vm;
     this.core = new SenderCore({
-      hello: {
-        sessionId: this.sessionId,
-        role: 'primary',
-        versionMin: PROTOCOL_VERSION,
-        versionMax: PROTOCOL_VERSION,
-        memoryBytes: vm.memoryBytes,
-        pageBytes: vm.pageBytes,
-        devices: [...vm.deviceNames],
-        disks: vm.disks.map((d) => ({ id: d.id, bytes: d.bytes })),
-        committedTxn: 0,
-        features: options.verify === true ? ['verify'] : [],
-      },
+      hello: primaryHello(options.vm, this.sessionId, options.verify === true ? ['verify'] : []),
       pipelineDepth,
       bodyBytesMax: options.bodyBytesMax ?? DEFAULT_BODY_BYTES_MAX,
       pagesPerFrameMax: options.pagesPerFrameMax ?? 256,

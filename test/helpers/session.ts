@@ -3,7 +3,8 @@
  * Replica on the other, bytes passed by hand. Used by crash-point tests to record a stream once and replay any
  * prefix of it deterministically.
  */
-import { KemariError, PROTOCOL_VERSION } from '../../src/index.js';
+import type { KemariError } from '../../src/index.js';
+import { primaryHello } from '../../src/txn/hello-for.js';
 import type { Hello } from '../../src/index.js';
 import { Replica } from '../../src/replica/replica.js';
 import { ReceiverCore } from '../../src/txn/receiver-core.js';
@@ -15,18 +16,7 @@ import { EventTap } from '../../src/tap/event-tap.js';
 import { StagingArena } from '../../src/txn/staging-arena.js';
 
 export function helloOf(vm: SimulatedVm, features: string[] = ['verify']): Hello {
-  return {
-    sessionId: 'test-session',
-    role: 'primary',
-    versionMin: PROTOCOL_VERSION,
-    versionMax: PROTOCOL_VERSION,
-    memoryBytes: vm.memoryBytes,
-    pageBytes: vm.pageBytes,
-    devices: [...vm.deviceNames],
-    disks: vm.disks.map((d) => ({ id: d.id, bytes: d.bytes })),
-    committedTxn: 0,
-    features,
-  };
+  return primaryHello(vm, 'test-session', features);
 }
 
 export function joinFrames(frames: ReadonlyArray<{ header: Uint8Array; body: Uint8Array[] }>): Buffer {

@@ -4,19 +4,8 @@ import { KemariError, isKemariError } from '../../src/errors.js';
 import type { Connection } from '../../src/transport/connection.js';
 import { faultyPair } from '../../src/transport/faulty.js';
 import type { FaultyPairOptions } from '../../src/transport/faulty.js';
+import { collect } from '../helpers/collect.js';
 
-function collect(connection: Connection): { chunks: Uint8Array[]; closes: (KemariError | undefined)[]; closed: Promise<KemariError | undefined> } {
-  const chunks: Uint8Array[] = [];
-  const closes: (KemariError | undefined)[] = [];
-  connection.on('data', (chunk) => chunks.push(chunk));
-  const closed = new Promise<KemariError | undefined>((resolve) =>
-    connection.on('close', (error) => {
-      closes.push(error);
-      resolve(error);
-    }),
-  );
-  return { chunks, closes, closed };
-}
 
 function bytesOf(chunks: readonly Uint8Array[]): number[] {
   return chunks.flatMap((chunk) => [...chunk]);

@@ -3,19 +3,8 @@ import { describe, expect, it } from 'vitest';
 import { KemariError, isKemariError } from '../../src/errors.js';
 import type { Connection } from '../../src/transport/connection.js';
 import { memoryPair } from '../../src/transport/memory.js';
+import { collect } from '../helpers/collect.js';
 
-function collect(connection: Connection): { chunks: Uint8Array[]; closes: (KemariError | undefined)[]; closed: Promise<KemariError | undefined> } {
-  const chunks: Uint8Array[] = [];
-  const closes: (KemariError | undefined)[] = [];
-  connection.on('data', (chunk) => chunks.push(chunk));
-  const closed = new Promise<KemariError | undefined>((resolve) =>
-    connection.on('close', (error) => {
-      closes.push(error);
-      resolve(error);
-    }),
-  );
-  return { chunks, closes, closed };
-}
 
 function turn(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
