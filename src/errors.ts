@@ -33,6 +33,8 @@ export const ERROR_CODES = {
   KEMARI_VM_PAUSED: 'The VM was written to while paused.',
   KEMARI_DISK_LOG_FULL: "The epoch's disk write log reached diskLogBytesMax; the write was refused: capture the epoch first.",
   KEMARI_NO_REPLICA: 'There is no committed epoch to promote from.',
+  KEMARI_JOURNAL_CORRUPT: 'The journal holds a damaged record before its tail (a torn tail is dropped, damage earlier is not).',
+  KEMARI_JOURNAL_IO: 'Reading, writing or syncing the journal failed.',
   KEMARI_CLOSED: 'The object was closed; pending outputs are discarded, never released.',
   KEMARI_ABORTED: 'The operation was aborted through its AbortSignal.',
 } as const satisfies Record<string, string>;
