@@ -35,6 +35,8 @@ export const ERROR_CODES = {
   KEMARI_NO_REPLICA: 'There is no committed epoch to promote from.',
   KEMARI_JOURNAL_CORRUPT: 'The journal holds a damaged record before its tail (a torn tail is dropped, damage earlier is not).',
   KEMARI_JOURNAL_IO: 'Reading, writing or syncing the journal failed.',
+  KEMARI_PEER_LOST: 'The peer was silent for intervalMs * missedMax, or its connection broke: it is suspected dead.',
+  KEMARI_QUIESCED: 'The primary quiesced after a fatal fault: the VM is paused for post-mortem, outputs of unacked epochs discarded.',
   KEMARI_CLOSED: 'The object was closed; pending outputs are discarded, never released.',
   KEMARI_ABORTED: 'The operation was aborted through its AbortSignal.',
 } as const satisfies Record<string, string>;

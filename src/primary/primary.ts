@@ -9,8 +9,9 @@
  *
  * Events: 'progress' ({@link SyncProgress}, during the initial full sync), 'capture' ({@link PrimaryCapture}, an
  * epoch was captured and is about to be sent), 'commit' ({@link PrimaryCommit}),
- * 'release' ({@link ReleasedOutput}), 'disconnect' (KemariError), 'error' (KemariError; emitted only when listened
- * to, and always recorded in `stats().lastError`).
+ * 'release' ({@link ReleasedOutput}), 'disconnect' (KemariError), 'unprotected' ({ error, policy }: the secondary
+ * was lost while protected), 'fault' ({@link Fault}), 'quiesced' ({@link PostMortem}), 'error' (KemariError;
+ * emitted only when listened to, and always recorded in `stats().lastError`).
  */
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
@@ -25,6 +26,10 @@ import { connect } from '../transport/index.js';
 import type { ConnectTlsOptions, Endpoint } from '../transport/index.js';
 import { primaryHello } from '../txn/hello-for.js';
 import { SenderCore } from '../txn/sender-core.js';
+import { FailureDetector } from '../failover/failure-detector.js';
+import { encodeFrame } from '../wire/encoder.js';
+import { FrameType } from '../wire/header.js';
+import { PeerState } from '../wire/bodies/heartbeat.js';
 import type { SenderEvent } from '../txn/sender-core.js';
 import type { VmAdapter } from '../vm/adapter.js';
 import type { EncodedFrame } from '../wire/encoder.js';
@@ -63,6 +68,38 @@ export interface PrimaryOptions {
    * sync is acked, so this is how a caller sees its progress.
    */
   onProgress?: (progress: SyncProgress) => void;
+  /** Heartbeats: sent every `intervalMs` (default 100); the secondary is lost after `missedMax` (default 5) silent intervals. */
+  heartbeat?: { intervalMs?: number; missedMax?: number };
+  /**
+   * What to do when the secondary is lost (silent, or its connection broke):
+   * - `'hold'` (default): the VM runs; outputs stay held (never released without an ack); the tap fills and
+   *   refuses new outputs with KEMARI_TAP_FULL. Safe whatever happened to the secondary.
+   * - `'pause'`: pause the VM until it is protected again.
+   * - `'continue'`: run unprotected, as COLO's primary failover does: release every held output and pass new ones
+   *   through at once. Only safe when the secondary is known not to promote (single writer): use it with an arbiter
+   *   or when the secondary is known dead.
+   */
+  onSecondaryLoss?: 'hold' | 'pause' | 'continue';
+}
+
+/** A fault learned from outside the protocol (hardware error events, QMP events, a watchdog). */
+export interface Fault {
+  /** Where it came from, e.g. 'qmp', 'mce', 'watchdog'. */
+  source: string;
+  /** `fatal` quiesces the primary and fails over at once; `warning` is recorded and reported only. */
+  severity: 'fatal' | 'warning';
+  detail?: string;
+}
+
+/** What a quiesced primary keeps for post-mortem. */
+export interface PostMortem {
+  fault: Fault;
+  /** The newest epoch the secondary acked: what it resumes from (or later, if in-flight epochs committed). */
+  ackedTxn: number;
+  /** Transactions sent and not acked when the fault came. */
+  inFlight: number;
+  /** The VM, paused and kept in memory as it was. */
+  vm: VmAdapter;
 }
 
 /** One acked epoch. */
@@ -103,7 +140,7 @@ export interface SyncProgress {
 
 /** Counters and latency summaries. */
 export interface PrimaryStats {
-  state: Primary['state'];
+  state: PrimaryState;
   epochs: number;
   ackedTxn: number;
   inFlight: number;
@@ -115,6 +152,9 @@ export interface PrimaryStats {
   latencyMs: { p50: number; p99: number; max: number; count: number };
   lastError: KemariError | undefined;
 }
+
+/** Where a primary stands. */
+export type PrimaryState = 'connecting' | 'syncing' | 'protected' | 'unprotected' | 'paused' | 'quiesced' | 'closed';
 
 interface Pending {
   txn: number;
@@ -143,7 +183,11 @@ export class Primary extends EventEmitter {
   private capturing = false;
   private firstDone = false;
   private verifyActive = false;
-  private stateNow: 'connecting' | 'syncing' | 'protected' | 'disconnected' | 'closed' = 'connecting';
+  private stateNow: PrimaryState = 'connecting';
+  private readonly detector: FailureDetector;
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private readonly lossPolicy: 'hold' | 'pause' | 'continue';
+  private postMortemNow: PostMortem | undefined;
   private epochs = 0;
   private pagesSent = 0;
   private bytesSent = 0;
@@ -168,8 +212,21 @@ export class Primary extends EventEmitter {
     });
     this.connection = connection;
     if (options.onProgress !== undefined) this.on('progress', options.onProgress);
+    this.lossPolicy = options.onSecondaryLoss ?? 'hold';
+    if (!['hold', 'pause', 'continue'].includes(this.lossPolicy)) {
+      throw new KemariError('KEMARI_INVALID_ARGUMENT', "onSecondaryLoss must be 'hold', 'pause' or 'continue'", { details: { onSecondaryLoss: this.lossPolicy } });
+    }
+    this.detector = new FailureDetector({
+      intervalMs: options.heartbeat?.intervalMs ?? 100,
+      missedMax: options.heartbeat?.missedMax ?? 5,
+      nowMs: this.clock(),
+    });
     this.tap.on('output', () => this.pump());
-    connection.on('data', (chunk) => this.onEvents(this.core.receive(chunk)));
+    this.tap.on('release', (output: ReleasedOutput) => this.emit('release', output));
+    connection.on('data', (chunk) => {
+      this.detector.heardOnLink(this.clock());
+      this.onEvents(this.core.receive(chunk));
+    });
     connection.on('drain', () => this.flush());
     connection.on('close', (error) => this.onClose(error));
     this.signal = options.signal;
@@ -190,14 +247,65 @@ export class Primary extends EventEmitter {
       ...(options.signal === undefined ? {} : { signal: options.signal }),
       timeoutMs: options.connectTimeoutMs ?? 10_000,
     });
-    const primary = new Primary(options, connection);
+    let primary: Primary;
+    try {
+      primary = new Primary(options, connection);
+    } catch (error) {
+      connection.close();
+      throw error;
+    }
     await primary.run();
     return primary;
   }
 
   /** Where the primary stands. */
-  get state(): 'connecting' | 'syncing' | 'protected' | 'disconnected' | 'closed' {
+  get state(): PrimaryState {
     return this.stateNow;
+  }
+
+  /** What a quiesced primary kept for post-mortem (undefined unless quiesced). */
+  get postMortem(): PostMortem | undefined {
+    return this.postMortemNow;
+  }
+
+  /**
+   * Reports a fault learned from outside (seed 000: event-driven notification instead of polling). A `fatal`
+   * fault quiesces the primary into a failover-safe state: the VM is paused and kept for post-mortem
+   * ({@link postMortem}), the outputs of unacked epochs are discarded with KEMARI_QUIESCED (never released), and
+   * FAILOVER is sent behind the transactions already queued, so the secondary takes over at once, without waiting
+   * for heartbeats and without fencing: this side is known not to run or release anything any more. Resolves once
+   * FAILOVER is handed to the connection (or at once when there is none). A `warning` is only reported ('fault').
+   */
+  async reportFault(fault: Fault): Promise<void> {
+    if (fault === null || typeof fault !== 'object' || typeof fault.source !== 'string' || (fault.severity !== 'fatal' && fault.severity !== 'warning')) {
+      throw new KemariError('KEMARI_INVALID_ARGUMENT', "a fault needs a source and a severity of 'fatal' or 'warning'", { details: { fault } });
+    }
+    this.emit('fault', fault);
+    if (fault.severity !== 'fatal' || this.stateNow === 'quiesced' || this.stateNow === 'closed') return;
+    const previous = this.stateNow;
+    this.stateNow = 'quiesced';
+    this.stopTimers();
+    const error = new KemariError('KEMARI_QUIESCED', `the primary quiesced after a fatal fault from ${fault.source}${fault.detail === undefined ? '' : `: ${fault.detail}`}`, {
+      details: { source: fault.source, ackedTxn: this.core.ackedTxn },
+    });
+    this.tap.discard(error);
+    this.postMortemNow = { fault, ackedTxn: this.core.ackedTxn, inFlight: this.core.inFlightCount, vm: this.vm };
+    await this.vm.pause();
+    const connection = this.connection;
+    if (connection !== undefined && (previous === 'syncing' || previous === 'protected')) {
+      this.write([
+        encodeFrame({
+          type: FrameType.FAILOVER,
+          txn: 0,
+          seq: 0,
+          body: { committedTxn: this.core.ackedTxn, generation: 0, reason: `${fault.source}${fault.detail === undefined ? '' : `: ${fault.detail}`}` },
+        }),
+      ]);
+      this.closeAfterFlush = true;
+      this.flush();
+    }
+    this.emit('quiesced', this.postMortemNow);
+    this.settleStart?.(error);
   }
 
   /** Counters and latency summaries. */
@@ -224,7 +332,7 @@ export class Primary extends EventEmitter {
   close(error?: KemariError): void {
     if (this.stateNow === 'closed') return;
     this.stateNow = 'closed';
-    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.stopTimers();
     if (this.abortListener !== undefined) this.signal?.removeEventListener('abort', this.abortListener);
     this.tap.discard(error ?? new KemariError('KEMARI_CLOSED', 'the primary was closed'));
     this.core.connectionLost();
@@ -243,8 +351,40 @@ export class Primary extends EventEmitter {
         else reject(error);
       };
       this.write(this.core.start());
+      this.heartbeatTimer = setInterval(() => this.onHeartbeatTick(), this.detector.intervalMs);
+      this.heartbeatTimer.unref();
     });
   }
+
+  /** Sends a heartbeat when due; declares the secondary lost when it stayed silent too long. */
+  private onHeartbeatTick(): void {
+    if (this.connection === undefined) return;
+    const nowMs = this.clock();
+    if (this.detector.verdict(nowMs) === 'dead') {
+      this.fail(new KemariError('KEMARI_PEER_LOST', `the secondary was silent for ${this.detector.timeoutMs} ms`, { details: { timeoutMs: this.detector.timeoutMs } }));
+      return;
+    }
+    if (this.detector.heartbeatDue(nowMs) && this.sendQueue.length === 0) {
+      this.detector.sent(nowMs);
+      this.write([
+        encodeFrame({
+          type: FrameType.HEARTBEAT,
+          txn: 0,
+          seq: 0,
+          body: { timeMs: Date.now(), committedTxn: this.core.ackedTxn, generation: 0, state: this.stateNow === 'protected' ? PeerState.PROTECTED : PeerState.SYNCING },
+        }),
+      ]);
+    }
+  }
+
+  private stopTimers(): void {
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
+    this.timer = undefined;
+    this.heartbeatTimer = undefined;
+  }
+
+  private closeAfterFlush = false;
 
   private onEvents(events: SenderEvent[]): void {
     for (const event of events) {
@@ -275,7 +415,6 @@ export class Primary extends EventEmitter {
     const latencyMs = this.clock() - pending.startMs;
     this.latencies.add(latencyMs);
     const released = this.tap.release(txn);
-    for (const output of released) this.emit('release', output);
     const commit: PrimaryCommit = {
       txn,
       full: pending.full,
@@ -320,11 +459,17 @@ export class Primary extends EventEmitter {
         capture = await this.vm.capture({ full, digest: this.verifyActive });
         events = this.tap.seal(this.core.nextTxn);
       } finally {
-        await this.vm.resume();
+        // A fault may have quiesced the primary during the capture: its VM stays paused for post-mortem.
+        if (this.stateNow !== 'quiesced') await this.vm.resume();
       }
       const pauseMs = this.clock() - startMs;
       this.pauses.add(pauseMs);
-      if (this.stateNow === 'closed' || this.core.closed) return;
+      if (this.stateNow !== 'syncing' && this.stateNow !== 'protected') {
+        // Lost, quiesced or closed during the capture: this epoch is never sent, its outputs go back (or were
+        // already discarded).
+        this.tap.unseal();
+        return;
+      }
       const out = this.core.encodeTransaction(capture, events, this.tap.releasedTxn);
       this.epochs += 1;
       this.pagesSent += out.pageCount;
@@ -372,23 +517,29 @@ export class Primary extends EventEmitter {
       }
       if (!ok) return;
     }
+    if (this.closeAfterFlush) {
+      this.closeAfterFlush = false;
+      this.connection = undefined;
+      connection.close();
+    }
   }
 
   private onClose(error: KemariError | undefined): void {
-    if (this.stateNow === 'closed') return;
+    if (this.stateNow === 'closed' || this.stateNow === 'quiesced') return;
     const reason = error ?? new KemariError('KEMARI_CONNECTION_CLOSED', 'the secondary closed the connection');
     this.fail(reason);
   }
 
   /**
-   * The session is over (refused, lost). Held outputs stay held: they are not released, since their epochs may
-   * never be acked, and not rejected, since failover or re-protection may yet commit them.
+   * The session is over (refused, lost): the VM is unprotected. What happens to outputs and the VM is the
+   * `onSecondaryLoss` policy's: held (default), the VM paused, or everything released and passed through.
    */
   private fail(error: KemariError): void {
-    if (this.stateNow === 'closed' || this.stateNow === 'disconnected') return;
+    if (this.stateNow === 'closed' || this.stateNow === 'quiesced' || this.stateNow === 'unprotected' || this.stateNow === 'paused') return;
+    const wasProtected = this.stateNow === 'protected';
     this.lastError = error;
-    this.stateNow = 'disconnected';
-    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.stateNow = this.lossPolicy === 'pause' ? 'paused' : 'unprotected';
+    this.stopTimers();
     this.core.connectionLost();
     this.sendQueue.length = 0;
     this.connection?.close(error);
@@ -396,5 +547,9 @@ export class Primary extends EventEmitter {
     this.emit('disconnect', error);
     if (this.listenerCount('error') > 0) this.emit('error', error);
     this.settleStart?.(error);
+    if (!wasProtected) return;
+    if (this.lossPolicy === 'pause') void Promise.resolve(this.vm.pause()).catch(() => {});
+    if (this.lossPolicy === 'continue') this.tap.passThrough();
+    this.emit('unprotected', { error, policy: this.lossPolicy });
   }
 }

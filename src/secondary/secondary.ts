@@ -7,8 +7,10 @@
  * KEMARI_BUSY. The replica outlives connections: a primary that reconnects resumes from the committed epoch.
  *
  * Events: 'session' (the primary's Hello), 'commit' ({@link SecondaryCommit}), 'aborted' ({ txn, reason }),
- * 'disconnect' (KemariError | undefined), 'heartbeat', 'failover', 'error' (KemariError; emitted only when
- * listened to, and always recorded in `stats().lastError`).
+ * 'disconnect' (KemariError | undefined), 'heartbeat', 'failover' (the primary handed over), 'promoted'
+ * ({@link Promotion}, after an automatic promotion), 'primaryLost' (KemariError: the primary went silent; the
+ * session is ended, the replica kept), 'error' (KemariError; emitted only when listened to, and always recorded in
+ * `stats().lastError`).
  */
 import { EventEmitter } from 'node:events';
 import { KemariError } from '../errors.js';
@@ -18,6 +20,10 @@ import type { Connection } from '../transport/connection.js';
 import { listen } from '../transport/index.js';
 import type { Listener, TlsCredentials } from '../transport/index.js';
 import { ReceiverCore } from '../txn/receiver-core.js';
+import { FailureDetector } from '../failover/failure-detector.js';
+import { encodeFrame } from '../wire/encoder.js';
+import { FrameType } from '../wire/header.js';
+import { PeerState } from '../wire/bodies/heartbeat.js';
 import { StagingArena } from '../txn/staging-arena.js';
 import type { ReceiverAction } from '../txn/receiver-core.js';
 import { SimulatedVm } from '../vm/simulated-vm.js';
@@ -53,6 +59,13 @@ export interface SecondaryOptions {
    * 0 stages every frame body that spans socket reads in a fresh allocation instead.
    */
   stagingBytes?: number;
+  /** Heartbeats: the primary is suspected after `missedMax` (default 5) silent `intervalMs` (default 100). */
+  heartbeat?: { intervalMs?: number; missedMax?: number };
+  /**
+   * Promote at once when the primary sends FAILOVER (it quiesced after a fatal fault and is known not to run or
+   * release output any more). Default true. The result is emitted as 'promoted'.
+   */
+  autoPromote?: boolean;
   /** Closes the secondary when aborted. */
   signal?: AbortSignal;
 }
@@ -93,6 +106,8 @@ export interface SecondaryStats {
 interface Session {
   connection: Connection;
   core: ReceiverCore;
+  detector: FailureDetector;
+  timer: NodeJS.Timeout;
 }
 
 export class Secondary extends EventEmitter {
@@ -242,10 +257,24 @@ export class Secondary extends EventEmitter {
         return this.acceptHello(hello);
       },
     });
-    const session: Session = { connection, core };
+    const intervalMs = this.options.heartbeat?.intervalMs ?? 100;
+    const detector = new FailureDetector({ intervalMs, missedMax: this.options.heartbeat?.missedMax ?? 5, nowMs: performance.now() });
+    const timer = setInterval(() => {
+      if (this.session !== session || detector.verdict(performance.now()) !== 'dead') return;
+      const error = new KemariError('KEMARI_PEER_LOST', `the primary was silent for ${detector.timeoutMs} ms`, { details: { timeoutMs: detector.timeoutMs } });
+      this.report(error);
+      this.emit('primaryLost', error);
+      this.endSession(error);
+    }, intervalMs);
+    timer.unref();
+    const session: Session = { connection, core, detector, timer };
     if (!busy) this.session = session;
-    connection.on('data', (chunk) => this.act(session, core.receive(chunk)));
+    connection.on('data', (chunk) => {
+      detector.heardOnLink(performance.now());
+      this.act(session, core.receive(chunk));
+    });
     connection.on('close', (error) => {
+      clearInterval(timer);
       this.act(session, core.connectionLost());
       if (this.session === session) {
         this.session = undefined;
@@ -349,9 +378,16 @@ export class Secondary extends EventEmitter {
           break;
         case 'heartbeat':
           this.emit('heartbeat', action.heartbeat);
+          session.connection.write(this.heartbeatFrame());
           break;
         case 'failover':
           this.emit('failover', action.failover);
+          if (this.options.autoPromote !== false && this.session === session) {
+            this.promote().then(
+              (promotion) => this.emit('promoted', promotion),
+              (error: unknown) => this.report(error instanceof KemariError ? error : new KemariError('KEMARI_NO_REPLICA', 'promotion failed', { cause: error })),
+            );
+          }
           break;
         case 'close':
           if (action.error !== undefined) this.report(action.error);
@@ -361,10 +397,22 @@ export class Secondary extends EventEmitter {
     }
   }
 
+  private heartbeatFrame(): Uint8Array[] {
+    const frame = encodeFrame({
+      type: FrameType.HEARTBEAT,
+      txn: 0,
+      seq: 0,
+      body: { timeMs: Date.now(), committedTxn: this.committedTxn, generation: 0, state: PeerState.STANDBY },
+    });
+    return [frame.header, ...frame.body];
+  }
+
   private endSession(error: KemariError): void {
     const session = this.session;
     if (session === undefined) return;
     this.session = undefined;
+    clearInterval(session.timer);
+    if (this.stateNow === 'replicating') this.stateNow = 'listening';
     const actions = session.core.shutdown(error);
     for (const action of actions) if (action.type === 'send') session.connection.write([action.frame.header, ...action.frame.body]);
     session.connection.close();

@@ -107,9 +107,14 @@ export class EventTap extends EventEmitter {
     }
     return new Promise<void>((resolve, reject) => {
       const event: OutputEvent = { id: this.nextId++, channel, payload: Uint8Array.from(data) };
-      this.open.push({ event, resolve, reject });
+      const held: Held = { event, resolve, reject };
       this.heldEvents += 1;
       this.heldBytesNow += data.byteLength;
+      if (this.passing) {
+        this.releaseOne(0, held);
+        return;
+      }
+      this.open.push(held);
       this.emit('output', event);
     });
   }
@@ -159,18 +164,36 @@ export class EventTap extends EventEmitter {
     const out: ReleasedOutput[] = [];
     while (this.sealed.length > 0 && this.sealed[0]!.txn <= txn) {
       const epoch = this.sealed.shift()!;
-      for (const h of epoch.held) {
-        this.heldEvents -= 1;
-        this.heldBytesNow -= h.event.payload.byteLength;
-        this.releasedCount += 1;
-        const released: ReleasedOutput = { txn: epoch.txn, ...h.event };
-        out.push(released);
-        this.emit('release', released);
-        h.resolve();
-      }
+      for (const h of epoch.held) out.push(this.releaseOne(epoch.txn, h));
     }
     if (txn > this.releasedThrough) this.releasedThrough = txn;
     return out;
+  }
+
+  /**
+   * Unprotected operation (the primary's `onSecondaryLoss: 'continue'`): releases everything held, sealed or not,
+   * in order, and from now on releases each output as it is tapped. Released outputs of no acked epoch carry txn 0.
+   */
+  passThrough(): ReleasedOutput[] {
+    const out: ReleasedOutput[] = [];
+    const all = [...this.sealed.map((e) => ({ txn: 0, held: e.held })), { txn: 0, held: this.open }];
+    this.sealed.length = 0;
+    this.open = [];
+    this.passing = true;
+    for (const epoch of all) for (const h of epoch.held) out.push(this.releaseOne(0, h));
+    return out;
+  }
+
+  private passing = false;
+
+  private releaseOne(txn: number, h: Held): ReleasedOutput {
+    this.heldEvents -= 1;
+    this.heldBytesNow -= h.event.payload.byteLength;
+    this.releasedCount += 1;
+    const released: ReleasedOutput = { txn, ...h.event };
+    this.emit('release', released);
+    h.resolve();
+    return released;
   }
 
   /** Rejects every held output with `error` and refuses new ones: nothing held will ever be released. */
