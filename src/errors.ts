@@ -38,6 +38,8 @@ export const ERROR_CODES = {
   KEMARI_PEER_LOST: 'The peer was silent for intervalMs * missedMax, or its connection broke: it is suspected dead.',
   KEMARI_QUIESCED: 'The primary quiesced after a fatal fault: the VM is paused for post-mortem, outputs of unacked epochs discarded.',
   KEMARI_ARBITER_UNAVAILABLE: 'The arbiter did not answer in time or its connection broke: no lease can be granted or renewed.',
+  KEMARI_LEASE_DENIED: "The arbiter granted the session's lease to another holder.",
+  KEMARI_LEASE_LOST: 'The lease was superseded by another holder: this side quiesced and never releases output again.',
   KEMARI_CLOSED: 'The object was closed; pending outputs are discarded, never released.',
   KEMARI_ABORTED: 'The operation was aborted through its AbortSignal.',
 } as const satisfies Record<string, string>;

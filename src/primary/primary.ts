@@ -27,6 +27,9 @@ import type { ConnectTlsOptions, Endpoint } from '../transport/index.js';
 import { primaryHello } from '../txn/hello-for.js';
 import { SenderCore } from '../txn/sender-core.js';
 import { FailureDetector } from '../failover/failure-detector.js';
+import type { Arbiter, Lease } from '../failover/arbiter.js';
+import { LeaseKeeper } from '../failover/lease-keeper.js';
+import { hostname } from 'node:os';
 import { encodeFrame } from '../wire/encoder.js';
 import { FrameType } from '../wire/header.js';
 import { PeerState } from '../wire/bodies/heartbeat.js';
@@ -80,6 +83,18 @@ export interface PrimaryOptions {
    *   or when the secondary is known dead.
    */
   onSecondaryLoss?: 'hold' | 'pause' | 'continue';
+  /**
+   * Single writer: with an arbiter the primary takes the session's lease before it starts (KEMARI_LEASE_DENIED if
+   * another holder has it), renews it every third of `leaseTtlMs`, releases output only while the lease is valid
+   * on its own clock, and quiesces for good when the lease is superseded (KEMARI_LEASE_LOST).
+   */
+  arbiter?: Arbiter;
+  /** Lease ttl. Default 3000 ms. */
+  leaseTtlMs?: number;
+  /** Adopt this lease (a promoted secondary's) instead of acquiring a new one. */
+  lease?: Lease;
+  /** Who holds the lease. Default 'primary:<host>:<pid>'. */
+  holder?: string;
 }
 
 /** A fault learned from outside the protocol (hardware error events, QMP events, a watchdog). */
@@ -188,6 +203,9 @@ export class Primary extends EventEmitter {
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private readonly lossPolicy: 'hold' | 'pause' | 'continue';
   private postMortemNow: PostMortem | undefined;
+  private readonly keeper: LeaseKeeper | undefined;
+  /** The newest acked txn whose outputs wait for the lease to be valid again. */
+  private deferredReleaseTxn = 0;
   private epochs = 0;
   private pagesSent = 0;
   private bytesSent = 0;
@@ -196,8 +214,9 @@ export class Primary extends EventEmitter {
   private readonly abortListener: (() => void) | undefined;
   private readonly signal: AbortSignal | undefined;
 
-  private constructor(options: PrimaryOptions, connection: Connection) {
+  private constructor(options: PrimaryOptions, connection: Connection, keeper: LeaseKeeper | undefined) {
     super();
+    this.keeper = keeper;
     this.vm = options.vm;
     this.clock = options.clock ?? (() => performance.now());
     this.sessionId = options.sessionId ?? randomUUID();
@@ -242,6 +261,14 @@ export class Primary extends EventEmitter {
    */
   static async start(options: PrimaryOptions): Promise<Primary> {
     if (options.signal?.aborted) throw new KemariError('KEMARI_ABORTED', 'aborted before start', { cause: options.signal.reason });
+    const clock = options.clock ?? (() => performance.now());
+    let keeper: LeaseKeeper | undefined;
+    if (options.arbiter !== undefined) {
+      const sessionId = options.sessionId;
+      if (sessionId === undefined) throw new KemariError('KEMARI_INVALID_ARGUMENT', 'an arbiter needs an explicit sessionId (both sides name the same lease)');
+      keeper = new LeaseKeeper(options.arbiter, sessionId, options.holder ?? `primary:${hostname()}:${process.pid}`, options.leaseTtlMs ?? 3000, clock);
+      await keeper.acquire(options.lease);
+    }
     const connection = await connect(options.secondary, {
       ...(options.tls === undefined ? {} : { tls: options.tls }),
       ...(options.signal === undefined ? {} : { signal: options.signal }),
@@ -249,11 +276,16 @@ export class Primary extends EventEmitter {
     });
     let primary: Primary;
     try {
-      primary = new Primary(options, connection);
+      primary = new Primary(options, connection, keeper);
     } catch (error) {
       connection.close();
+      await keeper?.release();
       throw error;
     }
+    keeper?.start(
+      () => primary.releaseDeferred(),
+      (error) => void primary.reportFault({ source: 'arbiter', severity: 'fatal', detail: error.message }),
+    );
     await primary.run();
     return primary;
   }
@@ -261,6 +293,20 @@ export class Primary extends EventEmitter {
   /** Where the primary stands. */
   get state(): PrimaryState {
     return this.stateNow;
+  }
+
+  /** May outputs leave now? Always without an arbiter; with one, only while the lease is valid (single writer). */
+  private mayRelease(): boolean {
+    return this.keeper === undefined || this.keeper.holds(this.clock());
+  }
+
+  /** The lease was renewed: outputs acked while it had lapsed may leave now. */
+  private releaseDeferred(): void {
+    if (this.stateNow === 'unprotected') this.tap.flushPassThrough();
+    if (this.deferredReleaseTxn === 0 || !this.mayRelease()) return;
+    if (this.stateNow !== 'syncing' && this.stateNow !== 'protected') return;
+    this.tap.release(this.deferredReleaseTxn);
+    this.deferredReleaseTxn = 0;
   }
 
   /** What a quiesced primary kept for post-mortem (undefined unless quiesced). */
@@ -291,6 +337,8 @@ export class Primary extends EventEmitter {
     this.tap.discard(error);
     this.postMortemNow = { fault, ackedTxn: this.core.ackedTxn, inFlight: this.core.inFlightCount, vm: this.vm };
     await this.vm.pause();
+    // Known not to write any more: the lease goes back at once, so the secondary need not wait for it to expire.
+    void this.keeper?.release();
     const connection = this.connection;
     if (connection !== undefined && (previous === 'syncing' || previous === 'protected')) {
       this.write([
@@ -333,6 +381,7 @@ export class Primary extends EventEmitter {
     if (this.stateNow === 'closed') return;
     this.stateNow = 'closed';
     this.stopTimers();
+    void this.keeper?.release();
     if (this.abortListener !== undefined) this.signal?.removeEventListener('abort', this.abortListener);
     this.tap.discard(error ?? new KemariError('KEMARI_CLOSED', 'the primary was closed'));
     this.core.connectionLost();
@@ -414,7 +463,9 @@ export class Primary extends EventEmitter {
     }
     const latencyMs = this.clock() - pending.startMs;
     this.latencies.add(latencyMs);
-    const released = this.tap.release(txn);
+    let released: unknown[] = [];
+    if (this.mayRelease()) released = this.tap.release(txn);
+    else this.deferredReleaseTxn = txn;
     const commit: PrimaryCommit = {
       txn,
       full: pending.full,
@@ -549,7 +600,9 @@ export class Primary extends EventEmitter {
     this.settleStart?.(error);
     if (!wasProtected) return;
     if (this.lossPolicy === 'pause') void Promise.resolve(this.vm.pause()).catch(() => {});
-    if (this.lossPolicy === 'continue') this.tap.passThrough();
+    // Running unprotected releases output: only while this side may write, checked at every output (with an
+    // arbiter, while the lease is valid; without one, the policy is the caller's word that nobody else promotes).
+    if (this.lossPolicy === 'continue') this.tap.passThrough(() => this.mayRelease());
     this.emit('unprotected', { error, policy: this.lossPolicy });
   }
 }

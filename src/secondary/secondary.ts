@@ -21,6 +21,9 @@ import { listen } from '../transport/index.js';
 import type { Listener, TlsCredentials } from '../transport/index.js';
 import { ReceiverCore } from '../txn/receiver-core.js';
 import { FailureDetector } from '../failover/failure-detector.js';
+import type { Arbiter, Lease } from '../failover/arbiter.js';
+import { LeaseKeeper } from '../failover/lease-keeper.js';
+import { hostname } from 'node:os';
 import { encodeFrame } from '../wire/encoder.js';
 import { FrameType } from '../wire/header.js';
 import { PeerState } from '../wire/bodies/heartbeat.js';
@@ -66,6 +69,18 @@ export interface SecondaryOptions {
    * release output any more). Default true. The result is emitted as 'promoted'.
    */
   autoPromote?: boolean;
+  /**
+   * Automatic failover under single writer: with an arbiter, a secondary whose primary fell silent or went away
+   * (or handed over with FAILOVER) tries to take the session's lease every half `leaseTtlMs`; once granted (the
+   * primary stopped renewing it) it promotes itself ('promoted', with the lease to hand to the new primary).
+   * A primary that still holds the lease (a broken link, not a dead host) keeps it: no promotion, no split brain.
+   * Needs an explicit `sessionId`.
+   */
+  arbiter?: Arbiter;
+  /** Lease ttl when taking over. Default 3000 ms. */
+  leaseTtlMs?: number;
+  /** Who takes the lease. Default 'secondary:<host>:<pid>'. */
+  holder?: string;
   /** Closes the secondary when aborted. */
   signal?: AbortSignal;
 }
@@ -88,6 +103,8 @@ export interface Promotion {
   txn: number;
   /** Outputs of committed epochs the primary may not have released, in order: replay them. */
   replay: ReplayEvent[];
+  /** With an arbiter: the lease taken; pass it to `Primary.start({ arbiter, lease })` within its ttl. */
+  lease?: Lease;
 }
 
 /** Counters. */
@@ -116,6 +133,8 @@ export class Secondary extends EventEmitter {
   private session: Session | undefined;
   private replicaNow: Replica | undefined;
   private arena: StagingArena | undefined;
+  private takeoverTimer: NodeJS.Timeout | undefined;
+  private keeper: LeaseKeeper | undefined;
   private sessionId: string | undefined;
   private verifyActive = false;
   private stateNow: 'listening' | 'replicating' | 'promoted' | 'closed' = 'listening';
@@ -144,6 +163,9 @@ export class Secondary extends EventEmitter {
       if (value !== undefined && (!Number.isSafeInteger(value) || value <= 0)) {
         throw new KemariError('KEMARI_INVALID_ARGUMENT', `${name} must be a positive integer`, { details: { [name]: value } });
       }
+    }
+    if (options.arbiter !== undefined && options.sessionId === undefined) {
+      throw new KemariError('KEMARI_INVALID_ARGUMENT', 'an arbiter needs an explicit sessionId (both sides name the same lease)');
     }
     const secondary = new Secondary(options);
     const endpoint =
@@ -212,18 +234,22 @@ export class Secondary extends EventEmitter {
       throw new KemariError('KEMARI_NO_REPLICA', 'no epoch has been committed; there is nothing to resume');
     }
     this.stateNow = 'promoted';
+    this.stopTakeover();
     this.endSession(new KemariError('KEMARI_CLOSED', 'the secondary was promoted'));
     await this.listener?.close();
     this.listener = undefined;
     const snapshot: ReplicaSnapshot = replica.snapshot();
     const vm = SimulatedVm.restore(snapshot);
-    return { vm, txn: snapshot.txn, replay: [...replica.pendingEvents] };
+    const lease = this.keeper?.current;
+    this.keeper?.stop();
+    return { vm, txn: snapshot.txn, replay: [...replica.pendingEvents], ...(lease === undefined ? {} : { lease }) };
   }
 
   /** Stops listening and ends the session; the replica is dropped. Idempotent. */
   async close(): Promise<void> {
     if (this.stateNow === 'closed') return;
     this.stateNow = 'closed';
+    this.stopTakeover();
     if (this.abortListener !== undefined) this.options.signal?.removeEventListener('abort', this.abortListener);
     this.endSession(new KemariError('KEMARI_CLOSED', 'the secondary was closed'));
     const listener = this.listener;
@@ -265,6 +291,7 @@ export class Secondary extends EventEmitter {
       this.report(error);
       this.emit('primaryLost', error);
       this.endSession(error);
+      this.startTakeover();
     }, intervalMs);
     timer.unref();
     const session: Session = { connection, core, detector, timer };
@@ -280,6 +307,7 @@ export class Secondary extends EventEmitter {
         this.session = undefined;
         if (this.stateNow === 'replicating') this.stateNow = 'listening';
         this.emit('disconnect', error);
+        this.startTakeover();
       }
     });
   }
@@ -318,6 +346,7 @@ export class Secondary extends EventEmitter {
       if (stagingBytes > 0) this.arena = new StagingArena(stagingBytes);
     }
     this.sessionId = hello.sessionId;
+    this.stopTakeover();
     const features = this.options.verify === true ? ['verify'] : [];
     this.verifyActive = features.includes('verify') && hello.features.includes('verify');
     this.stateNow = 'replicating';
@@ -382,7 +411,10 @@ export class Secondary extends EventEmitter {
           break;
         case 'failover':
           this.emit('failover', action.failover);
-          if (this.options.autoPromote !== false && this.session === session) {
+          if (this.options.arbiter !== undefined) {
+            this.endSession(new KemariError('KEMARI_CLOSED', 'the primary handed over'));
+            this.startTakeover();
+          } else if (this.options.autoPromote !== false && this.session === session) {
             this.promote().then(
               (promotion) => this.emit('promoted', promotion),
               (error: unknown) => this.report(error instanceof KemariError ? error : new KemariError('KEMARI_NO_REPLICA', 'promotion failed', { cause: error })),
@@ -395,6 +427,45 @@ export class Secondary extends EventEmitter {
           break;
       }
     }
+  }
+
+  /**
+   * With an arbiter and a committed epoch: try to take the lease now and every half ttl while no primary is
+   * served; promote once it is granted. Without an arbiter, silence never promotes.
+   */
+  private startTakeover(): void {
+    const arbiter = this.options.arbiter;
+    if (arbiter === undefined || this.options.autoPromote === false || this.takeoverTimer !== undefined) return;
+    if (this.stateNow !== 'listening' || !(this.replicaNow?.hasCommittedEpoch ?? false)) return;
+    const ttlMs = this.options.leaseTtlMs ?? 3000;
+    this.keeper ??= new LeaseKeeper(arbiter, this.options.sessionId!, this.options.holder ?? `secondary:${hostname()}:${process.pid}`, ttlMs, () => performance.now());
+    const keeper = this.keeper;
+    let trying = false;
+    const attempt = (): void => {
+      if (trying || this.stateNow !== 'listening' || this.session !== undefined) return;
+      trying = true;
+      keeper.acquire().then(
+        () => {
+          trying = false;
+          if (this.stateNow !== 'listening' || this.session !== undefined) return void keeper.release();
+          this.promote().then(
+            (promotion) => this.emit('promoted', promotion),
+            (error: unknown) => this.report(error instanceof KemariError ? error : new KemariError('KEMARI_NO_REPLICA', 'promotion failed', { cause: error })),
+          );
+        },
+        () => {
+          trying = false; // denied or unreachable: the primary may still be the writer; try again later
+        },
+      );
+    };
+    this.takeoverTimer = setInterval(attempt, Math.max(1, Math.floor(ttlMs / 2)));
+    this.takeoverTimer.unref();
+    attempt();
+  }
+
+  private stopTakeover(): void {
+    if (this.takeoverTimer !== undefined) clearInterval(this.takeoverTimer);
+    this.takeoverTimer = undefined;
   }
 
   private heartbeatFrame(): Uint8Array[] {

@@ -110,11 +110,11 @@ export class EventTap extends EventEmitter {
       const held: Held = { event, resolve, reject };
       this.heldEvents += 1;
       this.heldBytesNow += data.byteLength;
+      this.open.push(held);
       if (this.passing) {
-        this.releaseOne(0, held);
+        this.flushPassThrough();
         return;
       }
-      this.open.push(held);
       this.emit('output', event);
     });
   }
@@ -171,20 +171,29 @@ export class EventTap extends EventEmitter {
   }
 
   /**
-   * Unprotected operation (the primary's `onSecondaryLoss: 'continue'`): releases everything held, sealed or not,
-   * in order, and from now on releases each output as it is tapped. Released outputs of no acked epoch carry txn 0.
+   * Unprotected operation (the primary's `onSecondaryLoss: 'continue'`): from now on outputs are not tied to
+   * epochs; each leaves as soon as `gate()` allows (the primary's gate: it holds a valid lease, or has no arbiter).
+   * Releases what `gate` allows now, in order; outputs tapped while the gate is shut wait for {@link flushPassThrough}.
+   * Released outputs of no acked epoch carry txn 0.
    */
-  passThrough(): ReleasedOutput[] {
-    const out: ReleasedOutput[] = [];
-    const all = [...this.sealed.map((e) => ({ txn: 0, held: e.held })), { txn: 0, held: this.open }];
+  passThrough(gate: () => boolean = () => true): ReleasedOutput[] {
+    this.open = [...this.sealed.flatMap((e) => e.held), ...this.open];
     this.sealed.length = 0;
-    this.open = [];
     this.passing = true;
-    for (const epoch of all) for (const h of epoch.held) out.push(this.releaseOne(0, h));
-    return out;
+    this.gate = gate;
+    return this.flushPassThrough();
+  }
+
+  /** In pass-through: releases the waiting outputs, in order, if the gate is open now. */
+  flushPassThrough(): ReleasedOutput[] {
+    if (!this.passing || !this.gate() || this.failure !== undefined) return [];
+    const waiting = this.open;
+    this.open = [];
+    return waiting.map((h) => this.releaseOne(0, h));
   }
 
   private passing = false;
+  private gate: () => boolean = () => true;
 
   private releaseOne(txn: number, h: Held): ReleasedOutput {
     this.heldEvents -= 1;

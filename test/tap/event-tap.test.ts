@@ -128,3 +128,24 @@ describe('EventTap', () => {
     expect(released).toEqual(['one', 'two', 'three']);
   });
 });
+
+describe('EventTap pass-through (unprotected operation)', () => {
+  it('releases held outputs and new ones only while the gate is open; a shut gate holds them until flushed', async () => {
+    const tap = new EventTap();
+    const first = tap.output('c', bytes('1'));
+    tap.seal(1);
+    let open = false;
+    expect(tap.passThrough(() => open)).toEqual([]);
+    const second = tap.output('c', bytes('2'));
+    expect(await settled(first)).toBe('held');
+    open = true;
+    expect(tap.flushPassThrough().map((r) => [r.txn, r.id])).toEqual([
+      [0, 1],
+      [0, 2],
+    ]);
+    await Promise.all([first, second]);
+    await tap.output('c', bytes('3')); // the gate is open: straight through
+    open = false;
+    expect(await settled(tap.output('c', bytes('4')))).toBe('held');
+  });
+});
