@@ -261,6 +261,7 @@ export class Primary extends EventEmitter {
    */
   static async start(options: PrimaryOptions): Promise<Primary> {
     if (options.signal?.aborted) throw new KemariError('KEMARI_ABORTED', 'aborted before start', { cause: options.signal.reason });
+    Primary.validate(options);
     const clock = options.clock ?? (() => performance.now());
     let keeper: LeaseKeeper | undefined;
     if (options.arbiter !== undefined) {
@@ -269,11 +270,17 @@ export class Primary extends EventEmitter {
       keeper = new LeaseKeeper(options.arbiter, sessionId, options.holder ?? `primary:${hostname()}:${process.pid}`, options.leaseTtlMs ?? 3000, clock);
       await keeper.acquire(options.lease);
     }
-    const connection = await connect(options.secondary, {
-      ...(options.tls === undefined ? {} : { tls: options.tls }),
-      ...(options.signal === undefined ? {} : { signal: options.signal }),
-      timeoutMs: options.connectTimeoutMs ?? 10_000,
-    });
+    let connection: Connection;
+    try {
+      connection = await connect(options.secondary, {
+        ...(options.tls === undefined ? {} : { tls: options.tls }),
+        ...(options.signal === undefined ? {} : { signal: options.signal }),
+        timeoutMs: options.connectTimeoutMs ?? 10_000,
+      });
+    } catch (error) {
+      await keeper?.release();
+      throw error;
+    }
     let primary: Primary;
     try {
       primary = new Primary(options, connection, keeper);
@@ -286,8 +293,26 @@ export class Primary extends EventEmitter {
       () => primary.releaseDeferred(),
       (error) => void primary.reportFault({ source: 'arbiter', severity: 'fatal', detail: error.message }),
     );
-    await primary.run();
+    try {
+      await primary.run();
+    } catch (error) {
+      // Nobody gets this primary to close it: close it here (stops renewals, gives the lease back).
+      primary.close(error instanceof KemariError ? error : undefined);
+      throw error;
+    }
     return primary;
+  }
+
+  /** Checks the options that need no connection, so bad ones cost the secondary nothing. */
+  private static validate(options: PrimaryOptions): void {
+    const depth = options.pipelineDepth ?? 2;
+    if (!Number.isInteger(depth) || depth < 1) throw new KemariError('KEMARI_INVALID_ARGUMENT', 'pipelineDepth must be an integer >= 1', { details: { pipelineDepth: depth } });
+    new CheckpointController(options.sync ?? { mode: 'event' }, depth, 0);
+    const policy = options.onSecondaryLoss ?? 'hold';
+    if (!['hold', 'pause', 'continue'].includes(policy)) {
+      throw new KemariError('KEMARI_INVALID_ARGUMENT', "onSecondaryLoss must be 'hold', 'pause' or 'continue'", { details: { onSecondaryLoss: policy } });
+    }
+    new FailureDetector({ intervalMs: options.heartbeat?.intervalMs ?? 100, missedMax: options.heartbeat?.missedMax ?? 5, nowMs: 0 });
   }
 
   /** Where the primary stands. */
@@ -336,7 +361,7 @@ export class Primary extends EventEmitter {
     });
     this.tap.discard(error);
     this.postMortemNow = { fault, ackedTxn: this.core.ackedTxn, inFlight: this.core.inFlightCount, vm: this.vm };
-    await this.vm.pause();
+    await this.onVm(() => this.vm.pause());
     // Known not to write any more: the lease goes back at once, so the secondary need not wait for it to expire.
     void this.keeper?.release();
     const connection = this.connection;
@@ -434,6 +459,17 @@ export class Primary extends EventEmitter {
   }
 
   private closeAfterFlush = false;
+  private vmControl: Promise<unknown> = Promise.resolve();
+
+  /**
+   * Runs a VM operation after every earlier one, so a pause ordered by a loss or a fault can never be overtaken by
+   * the resume of a capture that was still in progress.
+   */
+  private onVm<T>(op: () => T | Promise<T>): Promise<T> {
+    const run = this.vmControl.then(op, op);
+    this.vmControl = run.catch(() => {});
+    return run;
+  }
 
   private onEvents(events: SenderEvent[]): void {
     for (const event of events) {
@@ -503,15 +539,16 @@ export class Primary extends EventEmitter {
     const startMs = this.clock();
     this.controller.captureStarted(startMs);
     try {
-      await this.vm.pause();
+      await this.onVm(() => this.vm.pause());
       let capture;
       let events;
       try {
-        capture = await this.vm.capture({ full, digest: this.verifyActive });
+        capture = await this.onVm(() => this.vm.capture({ full, digest: this.verifyActive }));
         events = this.tap.seal(this.core.nextTxn);
       } finally {
-        // A fault may have quiesced the primary during the capture: its VM stays paused for post-mortem.
-        if (this.stateNow !== 'quiesced') await this.vm.resume();
+        // The VM runs on unless a fault (quiesced) or a loss under 'pause' stopped it during the capture; closing
+        // stops protection, not the guest.
+        await this.onVm(() => (this.stateNow === 'quiesced' || this.stateNow === 'paused' ? undefined : this.vm.resume()));
       }
       const pauseMs = this.clock() - startMs;
       this.pauses.add(pauseMs);
@@ -599,7 +636,7 @@ export class Primary extends EventEmitter {
     if (this.listenerCount('error') > 0) this.emit('error', error);
     this.settleStart?.(error);
     if (!wasProtected) return;
-    if (this.lossPolicy === 'pause') void Promise.resolve(this.vm.pause()).catch(() => {});
+    if (this.lossPolicy === 'pause') void this.onVm(() => this.vm.pause()).catch(() => {});
     // Running unprotected releases output: only while this side may write, checked at every output (with an
     // arbiter, while the lease is valid; without one, the policy is the caller's word that nobody else promotes).
     if (this.lossPolicy === 'continue') this.tap.passThrough(() => this.mayRelease());

@@ -28,6 +28,14 @@ export interface ReplicaGeometry {
   disks: readonly DiskInfo[];
 }
 
+/** Bounds on what a replica keeps for replay (outputs of committed epochs the primary has not released). */
+export interface ReplicaLimits {
+  /** Default 65,536. */
+  replayEventsMax?: number;
+  /** Default 64 MiB. */
+  replayBytesMax?: number;
+}
+
 /** A committed event kept for replay, with the epoch that produced it. */
 export interface ReplayEvent extends OutputEvent {
   txn: number;
@@ -57,6 +65,7 @@ interface UndoLog {
   disksAll?: Array<{ disk: ReplicaDisk; old: Uint8Array }>;
   devices: Map<string, unknown>;
   events: ReplayEvent[];
+  releasedTxn: number;
   txn: number;
 }
 
@@ -69,8 +78,15 @@ export class Replica {
   private committed = 0;
   private hasEpoch = false;
   private replayEvents: ReplayEvent[] = [];
+  private releasedTxn = 0;
+  private readonly replayEventsMax: number;
+  private readonly replayBytesMax: number;
+  /** Device states of the transaction being applied, encoded during validation (so writing cannot fail). */
+  private encodedDevices: Array<[string, Uint8Array]> = [];
 
-  constructor(geometry: ReplicaGeometry) {
+  constructor(geometry: ReplicaGeometry, limits: ReplicaLimits = {}) {
+    this.replayEventsMax = limits.replayEventsMax ?? 65_536;
+    this.replayBytesMax = limits.replayBytesMax ?? 64 << 20;
     this.geometry = { ...geometry, deviceNames: [...geometry.deviceNames], disks: geometry.disks.map((d) => ({ ...d })) };
     this.memory = prefault(new Uint8Array(geometry.memoryBytes));
     this.pageTable = new PageCrcTable(this.memory, geometry.pageBytes);
@@ -168,10 +184,41 @@ export class Replica {
       let count = 0;
       for (const page of staged.pages) if (seen[page.index] === 0) (seen[page.index] = 1), count++;
       if (count !== pageCount) bad(`full sync carries ${count} of ${pageCount} pages`);
-      if (staged.devices.length !== geometry.deviceNames.length) bad('full sync lacks device states');
+      // A full sync describes every device exactly once, or a device of an older epoch could survive it.
+      const named = new Set(staged.devices.map((d) => d.name));
+      if (staged.devices.length !== geometry.deviceNames.length || named.size !== geometry.deviceNames.length) {
+        bad('a full sync must carry every device exactly once');
+      }
     }
     const names = new Set(geometry.deviceNames);
     for (const device of staged.devices) if (!names.has(device.name)) bad(`unknown device ${device.name}`);
+    if (staged.releasedTxn < this.releasedTxn || staged.releasedTxn > staged.baseTxn) {
+      bad(`releasedTxn ${staged.releasedTxn} goes back or ahead of what was committed`, { releasedTxn: staged.releasedTxn, previous: this.releasedTxn });
+    }
+    let replayEvents = staged.events.length;
+    let replayBytes = 0;
+    for (const e of staged.events) replayBytes += e.payload.byteLength;
+    for (const e of this.replayEvents) {
+      if (e.txn > staged.releasedTxn) {
+        replayEvents += 1;
+        replayBytes += e.payload.byteLength;
+      }
+    }
+    if (replayEvents > this.replayEventsMax || replayBytes > this.replayBytesMax) {
+      throw new KemariError('KEMARI_TXN_TOO_LARGE', `txn ${staged.txn} would hold ${replayEvents} events (${replayBytes} bytes) for replay`, {
+        details: { txn: staged.txn, replayEvents, replayBytes, replayEventsMax: this.replayEventsMax, replayBytesMax: this.replayBytesMax },
+      });
+    }
+    // Encode device states now: a state that cannot be re-encoded fails the transaction before anything changed.
+    const encoded: Array<[string, Uint8Array]> = [];
+    for (const device of staged.devices) {
+      try {
+        encoded.push([device.name, pack('device state', device.state)]);
+      } catch (cause) {
+        bad(`device ${device.name} has a state that cannot be kept`, { cause: String(cause) });
+      }
+    }
+    this.encodedDevices = encoded;
     for (const write of staged.diskWrites) {
       const disk = this.disks.get(write.diskId);
       if (disk === undefined) bad(`unknown disk ${write.diskId}`);
@@ -186,6 +233,7 @@ export class Replica {
       disks: [],
       devices: new Map([...this.deviceStates].map(([name, state]) => [name, unpack('device state', pack('device state', state))])),
       events: this.replayEvents,
+      releasedTxn: this.releasedTxn,
       txn: this.committed,
     };
     if (staged.full) {
@@ -215,8 +263,11 @@ export class Replica {
       else this.memory.set(page.data, start);
       this.pageTable.markPage(page.index);
     }
-    // Copies: staged data live in receive memory that is reused for the next transaction.
-    for (const device of staged.devices) this.deviceStates.set(device.name, unpack('device state', pack('device state', device.state)));
+    // Copies (decoded from the bytes validated above): staged data live in receive memory reused for the next
+    // transaction. A full sync replaces the device table whole.
+    if (staged.full) this.deviceStates.clear();
+    for (const [name, bytes] of this.encodedDevices) this.deviceStates.set(name, unpack('device state', bytes));
+    this.encodedDevices = [];
     if (staged.full) {
       // A full sync describes each disk whole: blocks it does not write are zero.
       for (const disk of this.disks.values()) {
@@ -233,6 +284,7 @@ export class Replica {
     const kept = this.replayEvents.filter((e) => e.txn > staged.releasedTxn);
     for (const event of staged.events) kept.push({ ...event, payload: Uint8Array.from(event.payload), txn: staged.txn });
     this.replayEvents = kept;
+    this.releasedTxn = staged.releasedTxn;
     this.committed = staged.txn;
     this.hasEpoch = true;
   }
@@ -262,6 +314,7 @@ export class Replica {
     this.deviceStates.clear();
     for (const [name, state] of undo.devices) this.deviceStates.set(name, state);
     this.replayEvents = undo.events;
+    this.releasedTxn = undo.releasedTxn;
     if (undo.txn === 0) this.hasEpoch = false;
     this.committed = undo.txn;
   }

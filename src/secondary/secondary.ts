@@ -23,6 +23,7 @@ import { ReceiverCore } from '../txn/receiver-core.js';
 import { FailureDetector } from '../failover/failure-detector.js';
 import type { Arbiter, Lease } from '../failover/arbiter.js';
 import { LeaseKeeper } from '../failover/lease-keeper.js';
+import { constants as bufferConstants } from 'node:buffer';
 import { hostname } from 'node:os';
 import { encodeFrame } from '../wire/encoder.js';
 import { FrameType } from '../wire/header.js';
@@ -62,6 +63,10 @@ export interface SecondaryOptions {
    * 0 stages every frame body that spans socket reads in a fresh allocation instead.
    */
   stagingBytes?: number;
+  /** Most connections at once (the session and those not yet past HELLO). Default 8. */
+  connectionsMax?: number;
+  /** A connection that has not said an accepted HELLO within this is closed. Default 5000 ms. */
+  helloTimeoutMs?: number;
   /** Heartbeats: the primary is suspected after `missedMax` (default 5) silent `intervalMs` (default 100). */
   heartbeat?: { intervalMs?: number; missedMax?: number };
   /**
@@ -125,6 +130,8 @@ interface Session {
   core: ReceiverCore;
   detector: FailureDetector;
   timer: NodeJS.Timeout;
+  /** Transactions this session committed: a FAILOVER is honoured only from a session that replicated. */
+  commits: number;
 }
 
 export class Secondary extends EventEmitter {
@@ -134,6 +141,7 @@ export class Secondary extends EventEmitter {
   private replicaNow: Replica | undefined;
   private arena: StagingArena | undefined;
   private takeoverTimer: NodeJS.Timeout | undefined;
+  private readonly connections = new Set<Connection>();
   private keeper: LeaseKeeper | undefined;
   private sessionId: string | undefined;
   private verifyActive = false;
@@ -252,6 +260,9 @@ export class Secondary extends EventEmitter {
     this.stopTakeover();
     if (this.abortListener !== undefined) this.options.signal?.removeEventListener('abort', this.abortListener);
     this.endSession(new KemariError('KEMARI_CLOSED', 'the secondary was closed'));
+    for (const connection of this.connections) connection.close(new KemariError('KEMARI_CLOSED', 'the secondary was closed'));
+    this.replicaNow = undefined;
+    this.arena = undefined;
     const listener = this.listener;
     this.listener = undefined;
     await listener?.close();
@@ -262,13 +273,20 @@ export class Secondary extends EventEmitter {
       connection.close(new KemariError('KEMARI_CLOSED', 'the secondary no longer accepts primaries'));
       return;
     }
-    const busy = this.session !== undefined;
+    if (this.connections.size >= (this.options.connectionsMax ?? 8)) {
+      this.refused += 1;
+      connection.close(new KemariError('KEMARI_BUSY', 'too many connections'));
+      return;
+    }
+    // A connection becomes the session only once its HELLO is accepted, so a silent or slow client never holds
+    // the place of the real primary (nor blocks a takeover).
+    const pending: Session = { connection, core: undefined as unknown as ReceiverCore, detector: undefined as unknown as FailureDetector, timer: undefined as unknown as NodeJS.Timeout, commits: 0 };
     const core = new ReceiverCore({
       arena: {
-        // The arena exists once the first HELLO told the guest's size; until then nothing large is staged.
-        allocate: (bytes: number) => (this.arena !== undefined && !busy ? this.arena.allocate(bytes) : new Uint8Array(bytes)),
+        // The arena exists once the first HELLO told the guest's size; only the session uses it.
+        allocate: (bytes: number) => (this.arena !== undefined && this.session === pending ? this.arena.allocate(bytes) : new Uint8Array(bytes)),
         reset: () => {
-          if (!busy) this.arena?.reset();
+          if (this.session === pending) this.arena?.reset();
         },
       },
       bodyBytesMax: this.options.bodyBytesMax ?? DEFAULT_BODY_BYTES_MAX,
@@ -276,34 +294,51 @@ export class Secondary extends EventEmitter {
       txnFramesMax: this.options.txnFramesMax ?? 1_000_000,
       committedTxn: this.replicaNow?.committedTxn ?? 0,
       acceptHello: (hello) => {
-        if (busy) {
+        if (this.session !== undefined) {
           this.refused += 1;
           throw new KemariError('KEMARI_BUSY', 'another primary is being served');
         }
-        return this.acceptHello(hello);
+        const reply = this.acceptHello(hello);
+        this.session = pending;
+        return reply;
       },
     });
     const intervalMs = this.options.heartbeat?.intervalMs ?? 100;
     const detector = new FailureDetector({ intervalMs, missedMax: this.options.heartbeat?.missedMax ?? 5, nowMs: performance.now() });
+    const helloDeadlineMs = performance.now() + (this.options.helloTimeoutMs ?? 5000);
     const timer = setInterval(() => {
-      if (this.session !== session || detector.verdict(performance.now()) !== 'dead') return;
-      const error = new KemariError('KEMARI_PEER_LOST', `the primary was silent for ${detector.timeoutMs} ms`, { details: { timeoutMs: detector.timeoutMs } });
-      this.report(error);
-      this.emit('primaryLost', error);
-      this.endSession(error);
-      this.startTakeover();
+      const nowMs = performance.now();
+      if (this.session !== pending) {
+        // Not (or no longer) the session: it has until the HELLO deadline to become one.
+        if (nowMs >= helloDeadlineMs) connection.close(new KemariError('KEMARI_PROTOCOL', 'no HELLO in time'));
+        return;
+      }
+      if (detector.verdict(nowMs) === 'dead') {
+        const error = new KemariError('KEMARI_PEER_LOST', `the primary was silent for ${detector.timeoutMs} ms`, { details: { timeoutMs: detector.timeoutMs } });
+        this.report(error);
+        this.emit('primaryLost', error);
+        this.endSession(error);
+        this.startTakeover();
+        return;
+      }
+      // Our own heartbeats, not replies: the primary hears us even while it streams a long transaction. Skipped
+      // while the connection is backed up (the primary is not reading; piling up heartbeats would not help).
+      if (connection.bufferedBytes < 64 * 1024) connection.write(this.heartbeatFrame());
     }, intervalMs);
     timer.unref();
-    const session: Session = { connection, core, detector, timer };
-    if (!busy) this.session = session;
+    pending.core = core;
+    pending.detector = detector;
+    pending.timer = timer;
+    this.connections.add(connection);
     connection.on('data', (chunk) => {
       detector.heardOnLink(performance.now());
-      this.act(session, core.receive(chunk));
+      this.act(pending, core.receive(chunk));
     });
     connection.on('close', (error) => {
       clearInterval(timer);
-      this.act(session, core.connectionLost());
-      if (this.session === session) {
+      this.connections.delete(connection);
+      this.act(pending, core.connectionLost());
+      if (this.session === pending) {
         this.session = undefined;
         if (this.stateNow === 'replicating') this.stateNow = 'listening';
         this.emit('disconnect', error);
@@ -318,6 +353,12 @@ export class Secondary extends EventEmitter {
     };
     if (PROTOCOL_VERSION < hello.versionMin || PROTOCOL_VERSION > hello.versionMax) {
       mismatch(`protocol versions ${hello.versionMin}..${hello.versionMax} exclude ${PROTOCOL_VERSION}`);
+    }
+    // A replica that never committed an epoch holds nothing worth keeping: a new session may replace it.
+    if (this.replicaNow !== undefined && !this.replicaNow.hasCommittedEpoch) {
+      this.replicaNow = undefined;
+      this.arena = undefined;
+      if (this.options.sessionId === undefined) this.sessionId = undefined;
     }
     if (this.sessionId !== undefined && hello.sessionId !== this.sessionId) {
       mismatch(`session ${hello.sessionId} is not this secondary's session ${this.sessionId}`);
@@ -335,7 +376,12 @@ export class Secondary extends EventEmitter {
       if (!isValidPageBytes(hello.pageBytes) || hello.memoryBytes <= 0 || hello.memoryBytes % hello.pageBytes !== 0) {
         mismatch('invalid memory geometry', { memoryBytes: hello.memoryBytes, pageBytes: hello.pageBytes });
       }
-      if (hello.memoryBytes > (this.options.memoryBytesMax ?? 8 * 2 ** 30)) mismatch('guest memory exceeds memoryBytesMax', { memoryBytes: hello.memoryBytes });
+      // One buffer per memory and per disk: none may exceed what this Node can allocate in one piece.
+      const bufferMax = Math.min(bufferConstants.MAX_LENGTH, this.options.memoryBytesMax ?? 8 * 2 ** 30);
+      if (hello.memoryBytes > bufferMax) mismatch(`guest memory exceeds ${bufferMax} bytes`, { memoryBytes: hello.memoryBytes });
+      for (const disk of hello.disks) {
+        if (disk.bytes > bufferConstants.MAX_LENGTH) mismatch(`disk ${disk.id} exceeds ${bufferConstants.MAX_LENGTH} bytes`, { diskBytes: disk.bytes });
+      }
       const diskBytes = hello.disks.reduce((n, d) => n + d.bytes, 0);
       if (diskBytes > (this.options.diskBytesMax ?? 64 * 2 ** 30)) mismatch('disks exceed diskBytesMax', { diskBytes });
       if (new Set(hello.disks.map((d) => d.id)).size !== hello.disks.length) mismatch('duplicate disk ids');
@@ -367,7 +413,9 @@ export class Secondary extends EventEmitter {
 
   /** Carries out the core's actions in order (see ReceiverCore for the duties). */
   private act(session: Session, actions: ReceiverAction[]): void {
+    let applyFailed = false;
     for (const action of actions) {
+      if (applyFailed && action.type === 'apply') continue;
       switch (action.type) {
         case 'send':
           session.connection.write([action.frame.header, ...action.frame.body]);
@@ -385,8 +433,11 @@ export class Secondary extends EventEmitter {
             const e = error instanceof KemariError ? error : new KemariError('KEMARI_BAD_BODY', 'the transaction could not be applied', { cause: error });
             this.report(e);
             this.act(session, session.core.applyFailed(staged.txn, e));
-            return;
+            // The rest of the batch still runs (a NACK or close the core queued), but no later transaction applies.
+            applyFailed = true;
+            break;
           }
+          session.commits += 1;
           this.epochs += 1;
           this.bytesApplied += staged.bodyBytes;
           this.pagesApplied += staged.pages.length;
@@ -407,9 +458,13 @@ export class Secondary extends EventEmitter {
           break;
         case 'heartbeat':
           this.emit('heartbeat', action.heartbeat);
-          session.connection.write(this.heartbeatFrame());
           break;
         case 'failover':
+          // Only a primary that replicated in this session can hand it over.
+          if (session.commits === 0 || this.session !== session) {
+            this.report(new KemariError('KEMARI_PROTOCOL', 'FAILOVER from a session that committed nothing; ignored'));
+            break;
+          }
           this.emit('failover', action.failover);
           if (this.options.arbiter !== undefined) {
             this.endSession(new KemariError('KEMARI_CLOSED', 'the primary handed over'));

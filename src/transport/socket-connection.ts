@@ -31,12 +31,16 @@ export interface SocketConnectionOptions {
  * - 'data' hands on the socket's chunks as they are (Node never reuses them).
  * - 'close' is emitted exactly once: `undefined` when the stream ended cleanly, the error given to `close(error)`
  *   when this side aborted, else a KEMARI_CONNECTION_CLOSED error whose cause is the socket error.
- * - `close()` ends gracefully after pending writes (`socket.end()`); `close(error)` destroys at once, dropping
+ * - `close()` ends gracefully after pending writes (`socket.end()`, destroyed after GRACEFUL_CLOSE_TIMEOUT_MS if the
+ *   peer never ends its side); `close(error)` destroys at once, dropping
  *   unsent bytes. The peer cannot tell the two apart from the socket alone (it usually sees a clean end either way):
  *   a protocol that must know reports the error in-band first. A `close(error)` after `close()` turns the graceful
  *   end into an abort; anything after that is ignored.
  * - Writes after close (either side) are ignored and return false; they never throw.
  */
+/** How long a graceful close waits for the peer's end before destroying the socket. */
+export const GRACEFUL_CLOSE_TIMEOUT_MS = 5000;
+
 export class SocketConnection implements Connection {
   /** How logs name the other end. */
   readonly peer: string;
@@ -98,8 +102,12 @@ export class SocketConnection implements Connection {
       if (this.ending) return;
       this.ending = true;
       this.socket.end();
-      // The peer's end only arrives through the read side: read (and drop, if nobody listens) until it does.
+      // The peer's end only arrives through the read side: read (and drop, if nobody listens) until it does. A
+      // peer that never ends its side is cut off after GRACEFUL_CLOSE_TIMEOUT_MS, so no half-open socket lingers.
       this.startReading();
+      setTimeout(() => {
+        if (!this.finished) this.socket.destroy();
+      }, GRACEFUL_CLOSE_TIMEOUT_MS).unref();
       return;
     }
     this.ending = true;

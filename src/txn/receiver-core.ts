@@ -90,6 +90,8 @@ export class ReceiverCore {
   /** Txns handed on to apply, in order, not yet reported applied. */
   private readonly awaitingApply: number[] = [];
   private actions: ReceiverAction[] = [];
+  /** Most pages one transaction may stage: the guest's page count (a full sync lists each page once). */
+  private pagesMax = 0;
 
   constructor(private readonly options: ReceiverCoreOptions) {
     const arena = options.arena;
@@ -188,7 +190,15 @@ export class ReceiverCore {
     if (this.state === 'hello') {
       if (frame.type !== FrameType.HELLO) throw protocol(`expected HELLO, got frame type ${frame.type}`);
       if (frame.body.role !== 'primary') throw new KemariError('KEMARI_HELLO_MISMATCH', 'the peer does not speak as a primary');
-      const reply = this.options.acceptHello(frame.body);
+      let reply: Hello;
+      try {
+        reply = this.options.acceptHello(frame.body);
+      } catch (error) {
+        // Whatever accepting the session failed on (a replica too large to allocate, say) is a refusal of the
+        // session, never an exception out of the connection's callback.
+        throw error instanceof KemariError ? error : new KemariError('KEMARI_HELLO_MISMATCH', 'the session cannot be accepted', { cause: error });
+      }
+      this.pagesMax = Math.ceil(reply.memoryBytes / reply.pageBytes);
       this.actions.push({ type: 'send', frame: encodeFrame({ type: FrameType.HELLO, txn: 0, seq: 0, body: reply }) });
       this.actions.push({ type: 'session', hello: frame.body });
       this.state = 'ready';
@@ -262,6 +272,13 @@ export class ReceiverCore {
       case FrameType.PAGES:
         if (txn.pageBytes !== 0 && txn.pageBytes !== frame.body.pageBytes) throw badBody('page size changed inside a transaction', frame.txn);
         txn.pageBytes = frame.body.pageBytes;
+        // Each staged page is an object: bound them by the guest's page count, not only by bytes (a ZERO page is
+        // 16 bytes on the wire and much more in memory).
+        if (txn.pages.length + frame.body.pages.length > this.pagesMax) {
+          throw new KemariError('KEMARI_TXN_TOO_LARGE', `txn ${frame.txn} lists more pages than the guest has (${this.pagesMax})`, {
+            details: { txn: frame.txn, pagesMax: this.pagesMax },
+          });
+        }
         for (const page of frame.body.pages) txn.pages.push(page);
         break;
       case FrameType.DEVICE:

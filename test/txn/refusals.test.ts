@@ -223,3 +223,19 @@ describe('ack means applied (invariant 3)', () => {
     expect(() => core.applied(5, new Uint8Array(0))).toThrow(expect.objectContaining({ code: 'KEMARI_INVALID_ARGUMENT' }));
   });
 });
+
+describe('staging bounds', () => {
+  it('a transaction listing more pages than the guest has → KEMARI_TXN_TOO_LARGE (ZERO pages are cheap on the wire, not in memory)', () => {
+    const side = new ReceiverSide();
+    side.feed(recorded.hello);
+    const pageCount = (128 * 1024) / 4096;
+    const zeros = (from: number) => Array.from({ length: pageCount }, (_, i) => ({ index: from + i, kind: 1 as const, data: new Uint8Array(0) }));
+    const frames = [
+      encodeFrame({ type: FrameType.BEGIN, txn: 1, seq: 0, body: { full: true, baseTxn: 0, releasedTxn: 0 } }),
+      encodeFrame({ type: FrameType.PAGES, txn: 1, seq: 1, body: { pageBytes: 4096, pages: zeros(0) } }),
+      encodeFrame({ type: FrameType.PAGES, txn: 1, seq: 2, body: { pageBytes: 4096, pages: zeros(0) } }),
+    ];
+    side.feed(joinFrames(frames));
+    expect(side.errors.map((e) => e.code)).toEqual(['KEMARI_TXN_TOO_LARGE']);
+  });
+});

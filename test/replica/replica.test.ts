@@ -1,0 +1,71 @@
+import { describe, expect, it } from 'vitest';
+import { PageKind } from '../../src/index.js';
+import { Replica } from '../../src/replica/replica.js';
+import { digestHex } from '../../src/replica/state-digest.js';
+import type { StagedTxn } from '../../src/txn/staged-txn.js';
+
+const geometry = { memoryBytes: 4 * 4096, pageBytes: 4096, deviceNames: ['cpu0', 'nic0'], disks: [{ id: 0, bytes: 8192 }] };
+
+function fullSync(txn: number, fill: number, extra: Partial<StagedTxn> = {}): StagedTxn {
+  return {
+    txn,
+    full: true,
+    baseTxn: txn - 1,
+    releasedTxn: 0,
+    pageBytes: 4096,
+    pages: [0, 1, 2, 3].map((index) => ({ index, kind: PageKind.RAW, data: new Uint8Array(4096).fill(fill) })),
+    devices: [
+      { name: 'cpu0', state: { epoch: txn } },
+      { name: 'nic0', state: { epoch: txn } },
+    ],
+    diskWrites: [],
+    events: [],
+    stateDigest: new Uint8Array(0),
+    bodyBytes: 0,
+    ...extra,
+  };
+}
+
+function incremental(txn: number, extra: Partial<StagedTxn> = {}): StagedTxn {
+  return { ...fullSync(txn, txn), full: false, pages: [{ index: 0, kind: PageKind.RAW, data: new Uint8Array(4096).fill(txn) }], devices: [], ...extra };
+}
+
+function deep(depth: number): unknown {
+  let v: unknown = 0;
+  for (let i = 0; i < depth; i++) v = [v];
+  return v;
+}
+
+describe('Replica refuses before it changes anything', () => {
+  it('a device state that cannot be kept fails the transaction with nothing applied (no half-applied epoch)', () => {
+    const replica = new Replica(geometry);
+    replica.apply(fullSync(1, 1), { verify: false });
+    const before = digestHex(replica.digest());
+    const bad = incremental(2, { devices: [{ name: 'cpu0', state: deep(20_000) }] });
+    expect(() => replica.apply(bad, { verify: false })).toThrow(expect.objectContaining({ code: 'KEMARI_BAD_BODY' }));
+    expect(replica.committedTxn).toBe(1);
+    expect(digestHex(replica.digest())).toBe(before);
+  });
+
+  it('a full sync must carry every device exactly once, and replaces the device table', () => {
+    const replica = new Replica(geometry);
+    const dup = fullSync(1, 1, { devices: [{ name: 'cpu0', state: 1 }, { name: 'cpu0', state: 2 }] });
+    expect(() => replica.apply(dup, { verify: false })).toThrow(expect.objectContaining({ code: 'KEMARI_BAD_BODY' }));
+    replica.apply(fullSync(1, 1), { verify: false });
+    expect([...replica.devices.keys()].sort()).toEqual(['cpu0', 'nic0']);
+  });
+
+  it('bounds the events kept for replay, and refuses a releasedTxn that goes back or runs ahead', () => {
+    const replica = new Replica(geometry, { replayEventsMax: 3, replayBytesMax: 1 << 20 });
+    const events = (n: number) => Array.from({ length: n }, (_, i) => ({ id: i + 1, channel: 'c', payload: Uint8Array.of(i) }));
+    replica.apply(fullSync(1, 1, { events: events(2) }), { verify: false });
+    expect(() => replica.apply(incremental(2, { events: events(2), releasedTxn: 0 }), { verify: false })).toThrow(
+      expect.objectContaining({ code: 'KEMARI_TXN_TOO_LARGE' }),
+    );
+    replica.apply(incremental(2, { events: events(2), releasedTxn: 1 }), { verify: false }); // epoch 1's events dropped
+    expect(replica.pendingEvents).toHaveLength(2);
+    expect(() => replica.apply(incremental(3, { releasedTxn: 0 }), { verify: false })).toThrow(expect.objectContaining({ code: 'KEMARI_BAD_BODY' }));
+    expect(() => replica.apply(incremental(3, { releasedTxn: 3 }), { verify: false })).toThrow(expect.objectContaining({ code: 'KEMARI_BAD_BODY' }));
+    expect(replica.committedTxn).toBe(2);
+  });
+});
