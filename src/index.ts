@@ -35,3 +35,5 @@ export { WitnessArbiter } from './failover/witness-arbiter.js';
 export type { WitnessArbiterOptions } from './failover/witness-arbiter.js';
 export { FailureDetector } from './failover/failure-detector.js';
 export type { PeerVerdict } from './failover/failure-detector.js';
+export { Journal } from './replica/journal.js';
+export type { JournalOptions, JournalOpenResult, JournalRecovery, JournalStats } from './replica/journal.js';

@@ -127,6 +127,20 @@ export class Replica {
     });
   }
 
+  /**
+   * Sets the committed facts `apply` cannot: the txn a restored replica stands at, the last releasedTxn, and the
+   * events pending replay (copied). Used by journal recovery after it restored memory, devices and disks through
+   * `apply`. Only on a replica that holds an epoch.
+   */
+  restoreCommitted(state: { txn: number; releasedTxn: number; pendingEvents: readonly ReplayEvent[] }): void {
+    if (!this.hasEpoch || !Number.isSafeInteger(state.txn) || state.txn < 1 || state.releasedTxn < 0 || state.releasedTxn > state.txn) {
+      throw new KemariError('KEMARI_INVALID_ARGUMENT', 'restoreCommitted needs a replica holding an epoch and a txn >= 1', { details: { txn: state.txn } });
+    }
+    this.committed = state.txn;
+    this.releasedTxn = state.releasedTxn;
+    this.replayEvents = state.pendingEvents.map((e) => ({ txn: e.txn, id: e.id, channel: e.channel, payload: Uint8Array.from(e.payload) }));
+  }
+
   /** The committed state as views (not copies): valid until the next apply. */
   snapshot(): ReplicaSnapshot {
     return {
