@@ -35,6 +35,7 @@ import type { Frame } from '../wire/frame.js';
 import { FrameType } from '../wire/header.js';
 import type { Page } from '../wire/bodies/pages.js';
 import { TxnDigest } from '../wire/txn-digest.js';
+import { getU53, setU53 } from '../wire/bytes.js';
 
 /** Size of a record header. */
 export const RECORD_HEADER_BYTES = 40;
@@ -71,8 +72,8 @@ export function writeRecordHeader(fields: RecordHeader, salt: number): Uint8Arra
   const view = new DataView(out.buffer);
   view.setUint32(0, RECORD_MAGIC_U32, true);
   view.setUint32(4, fields.payloadBytes, true);
-  setU64(view, 8, fields.txn);
-  setU64(view, 16, fields.bodyBytes);
+  setU53(view, 8, fields.txn);
+  setU53(view, 16, fields.bodyBytes);
   view.setUint32(24, fields.pageBytes, true);
   view.setUint32(28, fields.payloadCrc, true);
   view.setUint32(32, 0, true);
@@ -89,8 +90,8 @@ export function readRecordHeader(bytes: Uint8Array, salt: number): RecordHeader 
   if (view.getUint32(0, true) !== RECORD_MAGIC_U32) return undefined;
   if (view.getUint32(36, true) !== crc32c(bytes.subarray(0, 36), salt)) return undefined;
   if (view.getUint32(32, true) !== 0) return undefined;
-  const txn = getU64(view, 8);
-  const bodyBytes = getU64(view, 16);
+  const txn = getU53(view, 8);
+  const bodyBytes = getU53(view, 16);
   if (txn === undefined || bodyBytes === undefined) return undefined;
   return { payloadBytes: view.getUint32(4, true), txn, bodyBytes, pageBytes: view.getUint32(24, true), payloadCrc: view.getUint32(28, true) };
 }
@@ -228,13 +229,3 @@ export function decodeRecordPayload(header: RecordHeader, payload: Uint8Array, w
   return staged;
 }
 
-function setU64(view: DataView, at: number, value: number): void {
-  view.setUint32(at, value >>> 0, true);
-  view.setUint32(at + 4, Math.floor(value / 0x1_0000_0000), true);
-}
-
-function getU64(view: DataView, at: number): number | undefined {
-  const high = view.getUint32(at + 4, true);
-  if (high > 0x1f_ffff) return undefined;
-  return high * 0x1_0000_0000 + view.getUint32(at, true);
-}

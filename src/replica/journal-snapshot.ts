@@ -40,6 +40,7 @@ import type { JournalIdentity } from './journal-identity.js';
 import type { Replica, ReplayEvent, ReplicaGeometry } from './replica.js';
 import { restoreReplica } from './replica-restore.js';
 import { digestHex } from './state-digest.js';
+import { getU53, setU53 } from '../wire/bytes.js';
 
 /** Size of the snapshot header and of its trailer. */
 export const SNAPSHOT_HEADER_BYTES = 32;
@@ -86,7 +87,7 @@ export async function writeSnapshot(file: JournalFile, replica: Replica, identit
   const hv = new DataView(header.buffer);
   hv.setUint32(0, HEADER_MAGIC_U32, true);
   hv.setUint32(4, FORMAT_VERSION, true);
-  setU64(hv, 8, txn);
+  setU53(hv, 8, txn);
   hv.setUint32(16, meta.byteLength, true);
   hv.setUint32(20, crc32c(meta), true);
   hv.setUint32(28, crc32c(header.subarray(0, 28)), true);
@@ -109,8 +110,8 @@ export async function writeSnapshot(file: JournalFile, replica: Replica, identit
   const tv = new DataView(trailer.buffer);
   tv.setUint32(0, TRAILER_MAGIC_U32, true);
   tv.setUint32(4, dataCrc, true);
-  setU64(tv, 8, dataBytes);
-  setU64(tv, 16, txn);
+  setU53(tv, 8, dataBytes);
+  setU53(tv, 16, txn);
   tv.setUint32(28, crc32c(trailer.subarray(0, 28)), true);
   await file.writeAll([trailer], at);
   if (replica.committedTxn !== txn) {
@@ -133,7 +134,7 @@ export async function readSnapshotHead(file: JournalFile, path: string): Promise
   if (hv.getUint32(0, true) !== HEADER_MAGIC_U32) corrupt('bad magic');
   if (hv.getUint32(28, true) !== crc32c(header.subarray(0, 28))) corrupt('header checksum mismatch');
   if (hv.getUint32(4, true) !== FORMAT_VERSION) corrupt(`unsupported format version ${hv.getUint32(4, true)}`);
-  const txn = getU64(hv, 8) ?? corrupt('txn out of range');
+  const txn = getU53(hv, 8) ?? corrupt('txn out of range');
   const metaBytes = hv.getUint32(16, true);
   if (SNAPSHOT_HEADER_BYTES + metaBytes + TRAILER_BYTES > fileBytes) corrupt('meta runs past the end', { metaBytes, fileBytes });
   const metaBuffer = await readExactly(file, metaBytes, SNAPSHOT_HEADER_BYTES);
@@ -141,8 +142,8 @@ export async function readSnapshotHead(file: JournalFile, path: string): Promise
   const trailer = await readExactly(file, TRAILER_BYTES, fileBytes - TRAILER_BYTES);
   const tv = new DataView(trailer.buffer);
   if (tv.getUint32(0, true) !== TRAILER_MAGIC_U32 || tv.getUint32(28, true) !== crc32c(trailer.subarray(0, 28))) corrupt('bad trailer');
-  const dataBytes = getU64(tv, 8) ?? corrupt('data bytes out of range');
-  if (getU64(tv, 16) !== txn) corrupt('trailer names another txn');
+  const dataBytes = getU53(tv, 8) ?? corrupt('data bytes out of range');
+  if (getU53(tv, 16) !== txn) corrupt('trailer names another txn');
   const dataOffset = SNAPSHOT_HEADER_BYTES + metaBytes;
   if (dataOffset + dataBytes + TRAILER_BYTES !== fileBytes) corrupt('length does not add up', { fileBytes, metaBytes, dataBytes });
   let meta: unknown;
@@ -245,13 +246,3 @@ export async function readInto(file: JournalFile, out: Uint8Array, position: num
   return done;
 }
 
-function setU64(view: DataView, at: number, value: number): void {
-  view.setUint32(at, value >>> 0, true);
-  view.setUint32(at + 4, Math.floor(value / 0x1_0000_0000), true);
-}
-
-function getU64(view: DataView, at: number): number | undefined {
-  const high = view.getUint32(at + 4, true);
-  if (high > 0x1f_ffff) return undefined;
-  return high * 0x1_0000_0000 + view.getUint32(at, true);
-}

@@ -150,3 +150,16 @@ export class BodyWriter {
 export function utf8Bytes(text: string): Uint8Array {
   return UTF8_ENCODER.encode(text);
 }
+
+/** Writes `value` (a safe integer) as a little-endian u64 at `at`. */
+export function setU53(view: DataView, at: number, value: number): void {
+  view.setUint32(at, value >>> 0, true);
+  view.setUint32(at + 4, Math.floor(value / TWO_POW_32), true);
+}
+
+/** Reads a little-endian u64 at `at`; undefined when it exceeds 2^53 - 1. */
+export function getU53(view: DataView, at: number): number | undefined {
+  const high = view.getUint32(at + 4, true);
+  if (high > 0x1f_ffff) return undefined;
+  return high * TWO_POW_32 + view.getUint32(at, true);
+}
