@@ -71,7 +71,7 @@ export async function makeDirectory(ctx: JournalContext): Promise<void> {
 }
 
 /** Opens `path`, or resolves to undefined when it does not exist. */
-export async function openIfExists(ctx: JournalContext, path: string, mode: JournalOpenMode): Promise<JournalFile | undefined> {
+export async function openIfExists(ctx: Pick<JournalContext, 'fs'>, path: string, mode: JournalOpenMode): Promise<JournalFile | undefined> {
   try {
     return await ctx.fs.open(path, mode);
   } catch (error) {

@@ -30,7 +30,7 @@
 import { constants as bufferConstants } from 'node:buffer';
 import { KemariError, isKemariError } from '../errors.js';
 import type { StagedTxn } from '../txn/staged-txn.js';
-import { closeQuietly, journalError, journalPaths, makeDirectory, syncData, syncDirectory } from './journal-context.js';
+import { closeQuietly, journalError, journalPaths, makeDirectory, openIfExists, syncData, syncDirectory } from './journal-context.js';
 import type { JournalContext } from './journal-context.js';
 import { nodeJournalFs } from './journal-fs.js';
 import type { JournalFs } from './journal-fs.js';
@@ -38,10 +38,11 @@ import { encodeIdentity, identityDifference } from './journal-identity.js';
 import type { JournalIdentity } from './journal-identity.js';
 import { RECORD_HEADER_BYTES, encodeRecord } from './journal-record.js';
 import { recoverJournal } from './journal-recovery.js';
+import { readJournalHead } from './journal-file.js';
 import type { JournalRecovery } from './journal-recovery.js';
 import { writeJournalFile } from './journal-rewrite.js';
 import type { OpenJournal } from './journal-rewrite.js';
-import { writeSnapshot } from './journal-snapshot.js';
+import { readSnapshotHead, writeSnapshot } from './journal-snapshot.js';
 import { Replica } from './replica.js';
 import type { ReplicaGeometry } from './replica.js';
 
@@ -120,6 +121,35 @@ export class Journal {
     this.current = journal;
     this.snapshotReleasedTxn = snapshotReleasedTxn;
     this.lastTxnValue = journal.records.at(-1)?.txn ?? journal.baseTxn;
+  }
+
+  /**
+   * The session and geometry a journal directory belongs to, read from its journal file (or its snapshot), or
+   * undefined when the directory holds no journal: what a restarting secondary needs before any primary says
+   * HELLO. Throws KEMARI_JOURNAL_CORRUPT for a damaged header, KEMARI_JOURNAL_IO when the disk fails.
+   */
+  static async identityOf(dir: string, fs: JournalFs = nodeJournalFs): Promise<JournalIdentity | undefined> {
+    const { journalPath, snapshotPath } = journalPaths(dir);
+    const ctx = { fs };
+    try {
+      const journalFile = await openIfExists(ctx, journalPath, 'read');
+      if (journalFile !== undefined) {
+        try {
+          return (await readJournalHead(journalFile, journalPath, await journalFile.sizeBytes())).identity;
+        } finally {
+          await closeQuietly(journalFile);
+        }
+      }
+      const snapshotFile = await openIfExists(ctx, snapshotPath, 'read');
+      if (snapshotFile === undefined) return undefined;
+      try {
+        return (await readSnapshotHead(snapshotFile, snapshotPath)).identity;
+      } finally {
+        await closeQuietly(snapshotFile);
+      }
+    } catch (error) {
+      throw journalError(error, `reading the identity of ${dir}`);
+    }
   }
 
   /**

@@ -206,14 +206,17 @@ export class Replica {
     }
     const names = new Set(geometry.deviceNames);
     for (const device of staged.devices) if (!names.has(device.name)) bad(`unknown device ${device.name}`);
-    if (staged.releasedTxn < this.releasedTxn || staged.releasedTxn > staged.baseTxn) {
-      bad(`releasedTxn ${staged.releasedTxn} goes back or ahead of what was committed`, { releasedTxn: staged.releasedTxn, previous: this.releasedTxn });
+    // Outputs of epochs not committed cannot have been released. A releasedTxn below the last one is taken as the
+    // last one (a new primary session starts its count afresh): what is known released stays released.
+    if (staged.releasedTxn > staged.baseTxn) {
+      bad(`releasedTxn ${staged.releasedTxn} runs ahead of the committed epoch ${staged.baseTxn}`, { releasedTxn: staged.releasedTxn });
     }
+    const releasedTxn = Math.max(this.releasedTxn, staged.releasedTxn);
     let replayEvents = staged.events.length;
     let replayBytes = 0;
     for (const e of staged.events) replayBytes += e.payload.byteLength;
     for (const e of this.replayEvents) {
-      if (e.txn > staged.releasedTxn) {
+      if (e.txn > releasedTxn) {
         replayEvents += 1;
         replayBytes += e.payload.byteLength;
       }
@@ -295,10 +298,11 @@ export class Replica {
       disk.table.markRange(write.offset, write.data.byteLength);
     }
     // Events of epochs the primary has released need no replay; this epoch's join the ones still pending.
-    const kept = this.replayEvents.filter((e) => e.txn > staged.releasedTxn);
+    const releasedTxn = Math.max(this.releasedTxn, staged.releasedTxn);
+    const kept = this.replayEvents.filter((e) => e.txn > releasedTxn);
     for (const event of staged.events) kept.push({ ...event, payload: Uint8Array.from(event.payload), txn: staged.txn });
     this.replayEvents = kept;
-    this.releasedTxn = staged.releasedTxn;
+    this.releasedTxn = releasedTxn;
     this.committed = staged.txn;
     this.hasEpoch = true;
   }

@@ -8,14 +8,16 @@
  *
  * Events: 'session' (the primary's Hello), 'commit' ({@link SecondaryCommit}), 'aborted' ({ txn, reason }),
  * 'disconnect' (KemariError | undefined), 'heartbeat', 'failover' (the primary handed over), 'promoted'
- * ({@link Promotion}, after an automatic promotion), 'primaryLost' (KemariError: the primary went silent; the
+ * ({@link Promotion}, after an automatic promotion), 'recovered' (what a journal restart recovered), 'primaryLost' (KemariError: the primary went silent; the
  * session is ended, the replica kept), 'error' (KemariError; emitted only when listened to, and always recorded in
  * `stats().lastError`).
  */
 import { EventEmitter } from 'node:events';
 import { KemariError } from '../errors.js';
 import { Replica } from '../replica/replica.js';
-import type { ReplayEvent, ReplicaSnapshot } from '../replica/replica.js';
+import type { ReplayEvent, ReplicaGeometry, ReplicaSnapshot } from '../replica/replica.js';
+import { Journal } from '../replica/journal.js';
+import type { StagedTxn } from '../txn/staged-txn.js';
 import type { Connection } from '../transport/connection.js';
 import { listen } from '../transport/index.js';
 import type { Listener, TlsCredentials } from '../transport/index.js';
@@ -86,6 +88,16 @@ export interface SecondaryOptions {
   leaseTtlMs?: number;
   /** Who takes the lease. Default 'secondary:<host>:<pid>'. */
   holder?: string;
+  /**
+   * Durability: every transaction is written to a journal in this directory and synced before it is applied and
+   * acked ("ack means applied or durably journaled"). A secondary restarted on the same directory recovers its
+   * replica (latest snapshot plus the journal after it; a torn tail is dropped) before any primary connects.
+   */
+  journalDir?: string;
+  /** Sync journal records to disk. Default true; false only for tests and benchmarks. */
+  journalFsync?: boolean;
+  /** Compact the journal into a snapshot after this many journaled bytes. Default 256 MiB. */
+  snapshotEveryBytes?: number;
   /** Closes the secondary when aborted. */
   signal?: AbortSignal;
 }
@@ -132,6 +144,8 @@ interface Session {
   timer: NodeJS.Timeout;
   /** Transactions this session committed: a FAILOVER is honoured only from a session that replicated. */
   commits: number;
+  /** With a journal, applies run one after another, asynchronously (append, sync, apply, ack). */
+  chain: Promise<void>;
 }
 
 export class Secondary extends EventEmitter {
@@ -143,6 +157,7 @@ export class Secondary extends EventEmitter {
   private takeoverTimer: NodeJS.Timeout | undefined;
   private readonly connections = new Set<Connection>();
   private keeper: LeaseKeeper | undefined;
+  private journal: Journal | undefined;
   private sessionId: string | undefined;
   private verifyActive = false;
   private stateNow: 'listening' | 'replicating' | 'promoted' | 'closed' = 'listening';
@@ -176,6 +191,7 @@ export class Secondary extends EventEmitter {
       throw new KemariError('KEMARI_INVALID_ARGUMENT', 'an arbiter needs an explicit sessionId (both sides name the same lease)');
     }
     const secondary = new Secondary(options);
+    if (options.journalDir !== undefined) await secondary.recoverJournal(options.journalDir);
     const endpoint =
       options.path !== undefined ? { path: options.path } : { host: options.host ?? '127.0.0.1', port: options.port ?? 0 };
     secondary.listener = await listen(endpoint, (connection) => secondary.accept(connection), {
@@ -191,6 +207,36 @@ export class Secondary extends EventEmitter {
       signal.addEventListener('abort', secondary.abortListener, { once: true });
     }
     return secondary;
+  }
+
+  /** Reopens the journal of a previous run, if the directory holds one: the replica comes back before any HELLO. */
+  private async recoverJournal(dir: string): Promise<void> {
+    const identity = await Journal.identityOf(dir);
+    if (identity === undefined) return;
+    if (this.options.sessionId !== undefined && identity.sessionId !== this.options.sessionId) {
+      throw new KemariError('KEMARI_HELLO_MISMATCH', `journal ${dir} belongs to session ${identity.sessionId}, not ${this.options.sessionId}`);
+    }
+    const { journal, replica, recovered } = await this.openJournal(dir, identity.sessionId, identity.geometry);
+    this.journal = journal;
+    this.replicaNow = replica;
+    this.sessionId = identity.sessionId;
+    this.arena = this.newArena(identity.geometry);
+    this.emit('recovered', recovered);
+  }
+
+  private openJournal(dir: string, sessionId: string, geometry: ReplicaGeometry) {
+    return Journal.open(dir, {
+      sessionId,
+      geometry,
+      fsync: this.options.journalFsync ?? true,
+      ...(this.options.snapshotEveryBytes === undefined ? {} : { snapshotEveryBytes: this.options.snapshotEveryBytes }),
+    });
+  }
+
+  private newArena(geometry: ReplicaGeometry): StagingArena | undefined {
+    const diskBytes = geometry.disks.reduce((n, d) => n + d.bytes, 0);
+    const stagingBytes = this.options.stagingBytes ?? Math.min(this.options.txnBytesMax ?? 1 << 30, geometry.memoryBytes + diskBytes + (2 << 20));
+    return stagingBytes > 0 ? new StagingArena(stagingBytes) : undefined;
   }
 
   /** The TCP port listened on (0 for unix sockets). */
@@ -263,6 +309,9 @@ export class Secondary extends EventEmitter {
     for (const connection of this.connections) connection.close(new KemariError('KEMARI_CLOSED', 'the secondary was closed'));
     this.replicaNow = undefined;
     this.arena = undefined;
+    const journal = this.journal;
+    this.journal = undefined;
+    await journal?.close();
     const listener = this.listener;
     this.listener = undefined;
     await listener?.close();
@@ -280,7 +329,7 @@ export class Secondary extends EventEmitter {
     }
     // A connection becomes the session only once its HELLO is accepted, so a silent or slow client never holds
     // the place of the real primary (nor blocks a takeover).
-    const pending: Session = { connection, core: undefined as unknown as ReceiverCore, detector: undefined as unknown as FailureDetector, timer: undefined as unknown as NodeJS.Timeout, commits: 0 };
+    const pending: Session = { connection, core: undefined as unknown as ReceiverCore, detector: undefined as unknown as FailureDetector, timer: undefined as unknown as NodeJS.Timeout, commits: 0, chain: Promise.resolve() };
     const core = new ReceiverCore({
       arena: {
         // The arena exists once the first HELLO told the guest's size; only the session uses it.
@@ -355,7 +404,7 @@ export class Secondary extends EventEmitter {
       mismatch(`protocol versions ${hello.versionMin}..${hello.versionMax} exclude ${PROTOCOL_VERSION}`);
     }
     // A replica that never committed an epoch holds nothing worth keeping: a new session may replace it.
-    if (this.replicaNow !== undefined && !this.replicaNow.hasCommittedEpoch) {
+    if (this.replicaNow !== undefined && !this.replicaNow.hasCommittedEpoch && this.journal === undefined) {
       this.replicaNow = undefined;
       this.arena = undefined;
       if (this.options.sessionId === undefined) this.sessionId = undefined;
@@ -387,9 +436,7 @@ export class Secondary extends EventEmitter {
       if (new Set(hello.disks.map((d) => d.id)).size !== hello.disks.length) mismatch('duplicate disk ids');
       if (new Set(hello.devices).size !== hello.devices.length) mismatch('duplicate device names');
       this.replicaNow = new Replica({ memoryBytes: hello.memoryBytes, pageBytes: hello.pageBytes, deviceNames: hello.devices, disks: hello.disks });
-      const txnBytesMax = this.options.txnBytesMax ?? 1 << 30;
-      const stagingBytes = this.options.stagingBytes ?? Math.min(txnBytesMax, hello.memoryBytes + diskBytes + (2 << 20));
-      if (stagingBytes > 0) this.arena = new StagingArena(stagingBytes);
+      this.arena = this.newArena(this.replicaNow.geometry);
     }
     this.sessionId = hello.sessionId;
     this.stopTakeover();
@@ -424,6 +471,11 @@ export class Secondary extends EventEmitter {
           this.emit('session', action.hello);
           break;
         case 'apply': {
+          if (this.options.journalDir !== undefined) {
+            const staged = action.txn;
+            session.chain = session.chain.then(() => this.applyDurably(session, staged));
+            break;
+          }
           const replica = this.replicaNow!;
           const staged = action.txn;
           let digest: Uint8Array;
@@ -531,6 +583,49 @@ export class Secondary extends EventEmitter {
       body: { timeMs: Date.now(), committedTxn: this.committedTxn, generation: 0, state: PeerState.STANDBY },
     });
     return [frame.header, ...frame.body];
+  }
+
+  /**
+   * Journal, then apply, then ack: the record is synced before the replica changes and before the primary hears
+   * of it. A transaction whose apply fails is taken back out of the journal before the NACK.
+   */
+  private async applyDurably(session: Session, staged: StagedTxn): Promise<void> {
+    if (session.core.closed) return;
+    const replica = this.replicaNow!;
+    try {
+      if (this.journal === undefined) {
+        const opened = await this.openJournal(this.options.journalDir!, this.sessionId!, replica.geometry);
+        if (opened.replica.committedTxn !== replica.committedTxn) {
+          throw new KemariError('KEMARI_JOURNAL_CORRUPT', 'the journal directory holds another history than the replica');
+        }
+        this.journal = opened.journal;
+        // The journal's replica is the one it snapshots: serve from it from now on (both hold no epoch yet).
+        this.replicaNow = opened.replica;
+      }
+      await this.journal.append(staged);
+    } catch (error) {
+      const e = error instanceof KemariError ? error : new KemariError('KEMARI_JOURNAL_IO', 'journaling failed', { cause: error });
+      this.report(e);
+      this.act(session, session.core.applyFailed(staged.txn, e));
+      return;
+    }
+    let digest: Uint8Array;
+    try {
+      digest = this.replicaNow!.apply(staged, { verify: this.verifyActive });
+    } catch (error) {
+      const e = error instanceof KemariError ? error : new KemariError('KEMARI_BAD_BODY', 'the transaction could not be applied', { cause: error });
+      await this.journal.abandon(staged.txn).catch((abandonError: unknown) => this.report(abandonError as KemariError));
+      this.report(e);
+      this.act(session, session.core.applyFailed(staged.txn, e));
+      return;
+    }
+    session.commits += 1;
+    this.epochs += 1;
+    this.bytesApplied += staged.bodyBytes;
+    this.pagesApplied += staged.pages.length;
+    this.act(session, session.core.applied(staged.txn, digest));
+    const commit: SecondaryCommit = { txn: staged.txn, full: staged.full, pages: staged.pages.length, bytes: staged.bodyBytes, ...(this.verifyActive ? { digest } : {}) };
+    this.emit('commit', commit);
   }
 
   private endSession(error: KemariError): void {
