@@ -37,3 +37,5 @@ export { FailureDetector } from './failover/failure-detector.js';
 export type { PeerVerdict } from './failover/failure-detector.js';
 export { Journal } from './replica/journal.js';
 export type { JournalOptions, JournalOpenResult, JournalRecovery, JournalStats } from './replica/journal.js';
+export { EtcdArbiter } from './failover/etcd-arbiter.js';
+export type { EtcdArbiterOptions } from './failover/etcd-arbiter.js';
