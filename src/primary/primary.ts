@@ -26,6 +26,7 @@ import { connect } from '../transport/index.js';
 import type { ConnectTlsOptions, Endpoint } from '../transport/index.js';
 import { primaryHello } from '../txn/hello-for.js';
 import { SenderCore } from '../txn/sender-core.js';
+import { STAGED_PAGES_PER_GUEST_PAGE } from '../txn/receiver-core.js';
 import { FailureDetector } from '../failover/failure-detector.js';
 import type { Arbiter, Lease } from '../failover/arbiter.js';
 import { LeaseKeeper } from '../failover/lease-keeper.js';
@@ -95,6 +96,14 @@ export interface PrimaryOptions {
   lease?: Lease;
   /** Who holds the lease. Default 'primary:<host>:<pid>'. */
   holder?: string;
+  /**
+   * Most pre-copy rounds of a full sync when the VM adapter can pre-copy (SimulatedVm can): the guest keeps
+   * running while its pages are copied and sent, round after round of what it dirtied, and is paused only to
+   * capture the last few pages, its devices and its disks. Default 4; 0 syncs in one capture (one long pause).
+   */
+  precopyRoundsMax?: number;
+  /** A pre-copy round this small (in pages) is the last. Default 64. */
+  precopyStopPages?: number;
 }
 
 /** A fault learned from outside the protocol (hardware error events, QMP events, a watchdog). */
@@ -210,7 +219,9 @@ export class Primary extends EventEmitter {
   private pagesSent = 0;
   private bytesSent = 0;
   private lastError: KemariError | undefined;
-  private fullSync: { txn: number; sent: number; total: number } | undefined;
+  private fullSync: { txn: number; sent: number; total: number; closed: boolean } | undefined;
+  private readonly precopyRoundsMax: number;
+  private readonly precopyStopPages: number;
   private readonly abortListener: (() => void) | undefined;
   private readonly signal: AbortSignal | undefined;
 
@@ -231,6 +242,8 @@ export class Primary extends EventEmitter {
     });
     this.connection = connection;
     if (options.onProgress !== undefined) this.on('progress', options.onProgress);
+    this.precopyRoundsMax = options.precopyRoundsMax ?? 4;
+    this.precopyStopPages = options.precopyStopPages ?? 64;
     this.lossPolicy = options.onSecondaryLoss ?? 'hold';
     if (!['hold', 'pause', 'continue'].includes(this.lossPolicy)) {
       throw new KemariError('KEMARI_INVALID_ARGUMENT', "onSecondaryLoss must be 'hold', 'pause' or 'continue'", { details: { onSecondaryLoss: this.lossPolicy } });
@@ -308,6 +321,12 @@ export class Primary extends EventEmitter {
     const depth = options.pipelineDepth ?? 2;
     if (!Number.isInteger(depth) || depth < 1) throw new KemariError('KEMARI_INVALID_ARGUMENT', 'pipelineDepth must be an integer >= 1', { details: { pipelineDepth: depth } });
     new CheckpointController(options.sync ?? { mode: 'event' }, depth, 0);
+    for (const name of ['precopyRoundsMax', 'precopyStopPages'] as const) {
+      const value = options[name];
+      if (value !== undefined && (!Number.isSafeInteger(value) || value < 0)) {
+        throw new KemariError('KEMARI_INVALID_ARGUMENT', `${name} must be a non-negative integer`, { details: { [name]: value } });
+      }
+    }
     const policy = options.onSecondaryLoss ?? 'hold';
     if (!['hold', 'pause', 'continue'].includes(policy)) {
       throw new KemariError('KEMARI_INVALID_ARGUMENT', "onSecondaryLoss must be 'hold', 'pause' or 'continue'", { details: { onSecondaryLoss: policy } });
@@ -410,6 +429,7 @@ export class Primary extends EventEmitter {
     if (this.abortListener !== undefined) this.signal?.removeEventListener('abort', this.abortListener);
     this.tap.discard(error ?? new KemariError('KEMARI_CLOSED', 'the primary was closed'));
     this.core.connectionLost();
+    for (const resolve of this.drainWaiters.splice(0)) resolve();
     this.connection?.close(error);
     this.connection = undefined;
     this.settleStart?.(error ?? new KemariError('KEMARI_CLOSED', 'the primary was closed before protection began'));
@@ -539,18 +559,23 @@ export class Primary extends EventEmitter {
     const startMs = this.clock();
     this.controller.captureStarted(startMs);
     try {
+      const precopied = full && (await this.precopy());
+      if (precopied === undefined) return;
+      const pauseStartMs = this.clock();
       await this.onVm(() => this.vm.pause());
       let capture;
       let events;
       try {
-        capture = await this.onVm(() => this.vm.capture({ full, digest: this.verifyActive }));
-        events = this.tap.seal(this.core.nextTxn);
+        capture = await this.onVm(() =>
+          this.vm.capture(precopied ? { full: false, wholeDisks: true, digest: this.verifyActive } : { full, digest: this.verifyActive }),
+        );
+        events = this.tap.seal(this.core.captureTxn);
       } finally {
         // The VM runs on unless a fault (quiesced) or a loss under 'pause' stopped it during the capture; closing
         // stops protection, not the guest.
         await this.onVm(() => (this.stateNow === 'quiesced' || this.stateNow === 'paused' ? undefined : this.vm.resume()));
       }
-      const pauseMs = this.clock() - startMs;
+      const pauseMs = this.clock() - pauseStartMs;
       this.pauses.add(pauseMs);
       if (this.stateNow !== 'syncing' && this.stateNow !== 'protected') {
         // Lost, quiesced or closed during the capture: this epoch is never sent, its outputs go back (or were
@@ -558,11 +583,15 @@ export class Primary extends EventEmitter {
         this.tap.unseal();
         return;
       }
-      const out = this.core.encodeTransaction(capture, events, this.tap.releasedTxn);
+      const out = precopied ? this.core.closeTransaction(capture, events) : this.core.encodeTransaction(capture, events, this.tap.releasedTxn);
       this.epochs += 1;
       this.pagesSent += out.pageCount;
       this.pending.push({ txn: out.txn, full: out.full, startMs, pauseMs, pages: out.pageCount, bytes: out.wireBytes, digest: out.stateDigest });
-      if (full) this.fullSync = { txn: out.txn, sent: 0, total: out.wireBytes };
+      if (full && !precopied) this.fullSync = { txn: out.txn, sent: 0, total: out.wireBytes, closed: true };
+      if (full && precopied && this.fullSync !== undefined) {
+        this.fullSync.total = out.wireBytes;
+        this.fullSync.closed = true;
+      }
       const captured: PrimaryCapture = {
         txn: out.txn,
         full,
@@ -582,6 +611,42 @@ export class Primary extends EventEmitter {
     this.pump();
   }
 
+  /**
+   * The pre-copy part of a full sync, while the guest runs: opens the transaction and sends every page, then the
+   * pages dirtied meanwhile, round after round, each written out before the next is copied. Resolves true when it
+   * pre-copied (the final capture then takes only dirty pages), false when the adapter cannot pre-copy or it is
+   * turned off, undefined when the session ended meanwhile.
+   */
+  private async precopy(): Promise<boolean | undefined> {
+    const precopy = this.vm.precopy?.bind(this.vm);
+    if (precopy === undefined || this.precopyRoundsMax === 0) return false;
+    const pageCount = this.vm.memoryBytes / this.vm.pageBytes;
+    const begin = this.core.openTransaction(true, this.tap.releasedTxn);
+    // Progress counts from the BEGIN frame on, so the last event says bytesSent === bytesTotal.
+    this.fullSync = { txn: this.core.captureTxn, sent: 0, total: this.vm.memoryBytes, closed: false };
+    this.write(begin);
+    let staged = 0;
+    for (let round = 0; round < this.precopyRoundsMax; round++) {
+      const pages = await this.onVm(() => precopy({ all: round === 0 }));
+      this.write(this.core.addPages(pages));
+      staged += pages.length;
+      await this.drained();
+      if (this.stateNow !== 'syncing') return undefined;
+      // Stop when little is left, or before the receiver's page budget (the final capture may add a full guest).
+      if (pages.length <= this.precopyStopPages || staged + 2 * pageCount > STAGED_PAGES_PER_GUEST_PAGE * pageCount) break;
+    }
+    return true;
+  }
+
+  private drainWaiters: Array<() => void> = [];
+
+  /** Resolves once queued frames are handed to the connection and its buffer is below 1 MiB (or it is gone). */
+  private drained(): Promise<void> {
+    const connection = this.connection;
+    if (connection === undefined || (this.sendQueue.length === 0 && connection.bufferedBytes < 1 << 20)) return Promise.resolve();
+    return new Promise((resolve) => this.drainWaiters.push(resolve));
+  }
+
   private write(frames: EncodedFrame[]): void {
     for (const frame of frames) this.sendQueue.push(frame);
     this.flush();
@@ -599,12 +664,14 @@ export class Primary extends EventEmitter {
       const sync = this.fullSync;
       if (sync !== undefined) {
         sync.sent += bytes;
-        const progress: SyncProgress = { txn: sync.txn, bytesSent: sync.sent, bytesTotal: sync.total };
+        // While pre-copying, the total is an estimate (the guest's size) that grows with what was sent.
+        const progress: SyncProgress = { txn: sync.txn, bytesSent: sync.sent, bytesTotal: sync.closed ? sync.total : Math.max(sync.total, sync.sent) };
         this.emit('progress', progress);
-        if (sync.sent >= sync.total) this.fullSync = undefined;
+        if (sync.closed && sync.sent >= sync.total) this.fullSync = undefined;
       }
       if (!ok) return;
     }
+    if (connection.bufferedBytes < 1 << 20) for (const resolve of this.drainWaiters.splice(0)) resolve();
     if (this.closeAfterFlush) {
       this.closeAfterFlush = false;
       this.connection = undefined;
@@ -632,6 +699,7 @@ export class Primary extends EventEmitter {
     this.sendQueue.length = 0;
     this.connection?.close(error);
     this.connection = undefined;
+    for (const resolve of this.drainWaiters.splice(0)) resolve();
     this.emit('disconnect', error);
     if (this.listenerCount('error') > 0) this.emit('error', error);
     this.settleStart?.(error);

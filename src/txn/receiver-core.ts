@@ -198,7 +198,7 @@ export class ReceiverCore {
         // session, never an exception out of the connection's callback.
         throw error instanceof KemariError ? error : new KemariError('KEMARI_HELLO_MISMATCH', 'the session cannot be accepted', { cause: error });
       }
-      this.pagesMax = Math.ceil(reply.memoryBytes / reply.pageBytes);
+      this.pagesMax = STAGED_PAGES_PER_GUEST_PAGE * Math.ceil(reply.memoryBytes / reply.pageBytes);
       this.actions.push({ type: 'send', frame: encodeFrame({ type: FrameType.HELLO, txn: 0, seq: 0, body: reply }) });
       this.actions.push({ type: 'session', hello: frame.body });
       this.state = 'ready';
@@ -273,7 +273,7 @@ export class ReceiverCore {
         if (txn.pageBytes !== 0 && txn.pageBytes !== frame.body.pageBytes) throw badBody('page size changed inside a transaction', frame.txn);
         txn.pageBytes = frame.body.pageBytes;
         // Each staged page is an object: bound them by the guest's page count, not only by bytes (a ZERO page is
-        // 16 bytes on the wire and much more in memory).
+        // 16 bytes on the wire and much more in memory). A pre-copied full sync repeats pages, within this factor.
         if (txn.pages.length + frame.body.pages.length > this.pagesMax) {
           throw new KemariError('KEMARI_TXN_TOO_LARGE', `txn ${frame.txn} lists more pages than the guest has (${this.pagesMax})`, {
             details: { txn: frame.txn, pagesMax: this.pagesMax },
@@ -335,6 +335,12 @@ export class ReceiverCore {
     }
   }
 }
+
+/**
+ * Most pages one transaction may stage, per page of guest memory: a pre-copied full sync sends every page once,
+ * then again the pages dirtied during each round; the sender keeps the total within this.
+ */
+export const STAGED_PAGES_PER_GUEST_PAGE = 4;
 
 function protocol(message: string): KemariError {
   return new KemariError('KEMARI_PROTOCOL', message);

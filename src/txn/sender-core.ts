@@ -78,7 +78,7 @@ export class SenderCore {
 
   /** True when a transaction may be begun. */
   get canBegin(): boolean {
-    return this.state === 'ready' && this.inFlight.length < this.options.pipelineDepth;
+    return this.state === 'ready' && this.openTxn === undefined && this.inFlight.length < this.options.pipelineDepth;
   }
 
   /** Transactions sent and not yet acked. */
@@ -89,6 +89,11 @@ export class SenderCore {
   /** The txn the next transaction will carry. */
   get nextTxn(): number {
     return this.lastTxn + 1;
+  }
+
+  /** The txn the epoch being captured belongs to: the open transaction's, or the next one's. */
+  get captureTxn(): number {
+    return this.openTxn?.txn ?? this.lastTxn + 1;
   }
 
   /** The newest acked txn (0 before the first). */
@@ -137,53 +142,81 @@ export class SenderCore {
    * were released. Page data are not copied: the frames reference the capture's pages.
    */
   encodeTransaction(capture: EpochCapture, events: readonly OutputEvent[], releasedTxn: number): OutgoingTxn {
+    const opening = this.openTransaction(capture.full, releasedTxn);
+    const closing = this.closeTransaction(capture, events);
+    return { ...closing, frames: [...opening, ...closing.frames], wireBytes: closing.wireBytes };
+  }
+
+  /**
+   * Opens a transaction whose pages will come in several batches (a full sync pre-copied while the guest runs):
+   * returns the BEGIN frame. Add pages with {@link addPages}, close with {@link closeTransaction}. A later batch
+   * may repeat a page: the receiver applies batches in order, so the later copy wins.
+   */
+  openTransaction(full: boolean, releasedTxn: number): EncodedFrame[] {
     if (!this.canBegin) throw new KemariError('KEMARI_PROTOCOL', `cannot begin a transaction (state ${this.state}, ${this.inFlight.length} in flight)`);
-    if (this.lastTxn === this.sessionBase && !capture.full) {
+    if (this.lastTxn === this.sessionBase && !full) {
       throw new KemariError('KEMARI_PROTOCOL', 'the first transaction of a session must be a full sync');
     }
     const txn = this.lastTxn + 1;
-    const { bodyBytesMax, pagesPerFrameMax } = this.options;
-    const frames: EncodedFrame[] = [];
-    const digest = new TxnDigest();
-    let seq = 0;
-    const push = (frame: Frame): void => {
-      const encoded = encodeFrame(frame, { bodyBytesMax });
-      digest.add(encoded.bodyBytes, encoded.bodyCrc);
-      frames.push(encoded);
-    };
-    push({ type: FrameType.BEGIN, txn, seq: seq++, body: { full: capture.full, baseTxn: this.lastTxn, releasedTxn } });
+    this.openTxn = { txn, full, seq: 0, digest: new TxnDigest(), pageCount: 0, wireBytes: 0 };
+    this.lastTxn = txn;
+    this.inFlight.push({ txn, stateDigest: new Uint8Array(0) });
+    return [this.push({ type: FrameType.BEGIN, txn, seq: 0, body: { full, baseTxn: txn - 1, releasedTxn } })];
+  }
+
+  /** Adds a batch of pages to the open transaction, as PAGES frames within the peer's frame limit. */
+  addPages(pages: readonly Page[]): EncodedFrame[] {
+    const open = this.requireOpen();
     const pageBytes = this.options.hello.pageBytes;
+    const { bodyBytesMax, pagesPerFrameMax } = this.options;
     // 8-byte prefix plus a 16-byte descriptor and at most one page of data per page.
     const pagesPerFrame = Math.max(1, Math.min(pagesPerFrameMax, Math.floor((bodyBytesMax - 8) / (pageBytes + 16))));
-    for (let at = 0; at < capture.pages.length; at += pagesPerFrame) {
-      const batch: Page[] = capture.pages.slice(at, at + pagesPerFrame);
-      push({ type: FrameType.PAGES, txn, seq: seq++, body: { pageBytes, pages: batch } });
+    const frames: EncodedFrame[] = [];
+    for (let at = 0; at < pages.length; at += pagesPerFrame) {
+      frames.push(this.push({ type: FrameType.PAGES, txn: open.txn, seq: open.seq, body: { pageBytes, pages: pages.slice(at, at + pagesPerFrame) } }));
     }
-    for (const device of capture.devices) push({ type: FrameType.DEVICE, txn, seq: seq++, body: device });
+    open.pageCount += pages.length;
+    return frames;
+  }
+
+  /** Closes the open transaction with the final capture (its pages, devices, disk writes) and the epoch's events. */
+  closeTransaction(capture: EpochCapture, events: readonly OutputEvent[]): OutgoingTxn {
+    const open = this.requireOpen();
+    const frames = this.addPages(capture.pages);
+    const { txn } = open;
+    const chunkBytes = this.options.bodyBytesMax - 16;
+    for (const device of capture.devices) frames.push(this.push({ type: FrameType.DEVICE, txn, seq: open.seq, body: device }));
     for (const write of capture.diskWrites) {
       // Large writes are split so no frame exceeds the peer's limit.
-      const chunkBytes = bodyBytesMax - 16;
       for (let off = 0; off < write.data.byteLength; off += chunkBytes) {
-        push({
-          type: FrameType.DISK,
-          txn,
-          seq: seq++,
-          body: { diskId: write.diskId, offset: write.offset + off, data: write.data.subarray(off, off + chunkBytes) },
-        });
+        frames.push(this.push({ type: FrameType.DISK, txn, seq: open.seq, body: { diskId: write.diskId, offset: write.offset + off, data: write.data.subarray(off, off + chunkBytes) } }));
       }
     }
-    for (const event of events) push({ type: FrameType.EVENT, txn, seq: seq++, body: event });
-    push({
-      type: FrameType.COMMIT,
-      txn,
-      seq,
-      body: { frameCount: digest.frameCount, crcDigest: digest.crcDigest, bodyBytes: digest.bodyBytes, stateDigest: capture.stateDigest },
-    });
-    this.lastTxn = txn;
-    this.inFlight.push({ txn, stateDigest: capture.stateDigest });
-    let wireBytes = 0;
-    for (const f of frames) wireBytes += f.header.byteLength + f.bodyBytes;
-    return { txn, full: capture.full, frames, wireBytes, pageCount: capture.pages.length, stateDigest: capture.stateDigest };
+    for (const event of events) frames.push(this.push({ type: FrameType.EVENT, txn, seq: open.seq, body: event }));
+    const d = open.digest;
+    frames.push(
+      this.push({ type: FrameType.COMMIT, txn, seq: open.seq, body: { frameCount: d.frameCount, crcDigest: d.crcDigest, bodyBytes: d.bodyBytes, stateDigest: capture.stateDigest } }, false),
+    );
+    this.inFlight.at(-1)!.stateDigest = capture.stateDigest;
+    this.openTxn = undefined;
+    return { txn, full: open.full, frames, wireBytes: open.wireBytes, pageCount: open.pageCount, stateDigest: capture.stateDigest };
+  }
+
+  private openTxn: { txn: number; full: boolean; seq: number; digest: TxnDigest; pageCount: number; wireBytes: number } | undefined;
+
+  private requireOpen(): NonNullable<SenderCore['openTxn']> {
+    if (this.openTxn === undefined) throw new KemariError('KEMARI_PROTOCOL', 'no transaction is open');
+    return this.openTxn;
+  }
+
+  /** Encodes the next frame of the open transaction and counts it (COMMIT is not part of its own digest). */
+  private push(frame: Frame, counted = true): EncodedFrame {
+    const open = this.requireOpen();
+    const encoded = encodeFrame(frame, { bodyBytesMax: this.options.bodyBytesMax });
+    if (counted) open.digest.add(encoded.bodyBytes, encoded.bodyCrc);
+    open.seq += 1;
+    open.wireBytes += encoded.header.byteLength + encoded.bodyBytes;
+    return encoded;
   }
 
   private sessionBase = 0;

@@ -34,6 +34,11 @@ export interface CaptureOptions {
   full: boolean;
   /** Also compute the state digest (end-to-end verification). */
   digest: boolean;
+  /**
+   * Describe every disk whole (as in a full capture) while taking only the dirty pages: the last step of a full
+   * sync whose pages were pre-copied.
+   */
+  wholeDisks?: boolean;
 }
 
 /** A VM kemari can protect. */
@@ -52,4 +57,10 @@ export interface VmAdapter {
   resume(): void | Promise<void>;
   /** Captures the epoch (the VM is paused) and starts a new one: dirty tracking and disk write log are reset. */
   capture(options: CaptureOptions): EpochCapture | Promise<EpochCapture>;
+  /**
+   * Optional pre-copy, for a full sync that does not stop the guest for long: while the guest runs, copies every
+   * page (`all`) or those dirtied since the previous copy, and clears their dirty marks. An adapter without it is
+   * fully synced by one capture.
+   */
+  precopy?(options: { all: boolean }): Page[] | Promise<Page[]>;
 }

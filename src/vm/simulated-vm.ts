@@ -542,6 +542,43 @@ export class SimulatedVm implements VmAdapter {
     } else {
       indices = Uint32Array.from(this.dirtyList).sort();
     }
+    const pages = this.copyPages(indices);
+    const count = pages.length;
+    const devices: DeviceState[] = [
+      { name: 'cpu0', state: cloneCpu(this.cpu) },
+      { name: 'nic0', state: cloneNic(this.nic) },
+      { name: 'disk-ctl', state: cloneDiskController(this.diskController) },
+    ];
+    const stateDigest = options.digest === true ? this.digest() : EMPTY;
+    // A full sync describes each disk whole (the replica zeroes its disks first): the non-zero extents, copied.
+    const diskWrites = full || options.wholeDisks === true ? this.wholeDisks() : this.diskLog;
+    this.diskLog = [];
+    this.diskLogBytesUsed = 0;
+    if (this.dirtyList.length * 8 > this.pageCount) this.dirty.fill(0);
+    else for (const page of this.dirtyList) this.dirty[page] = 0;
+    this.dirtyList = [];
+    this.counters.captures += 1;
+    this.counters.pagesCaptured += count;
+    return { full, pages, devices, diskWrites, stateDigest };
+  }
+
+  /**
+   * Pre-copy for a full sync while the guest runs: copies every page (`all`) or the pages dirtied since the last
+   * copy, and clears their dirty marks, so the next round (and the final capture) carries only what the guest
+   * changed meanwhile. Nothing else is touched: devices and disks go with the final capture.
+   */
+  precopy(options: { all: boolean }): Page[] {
+    const indices = options.all ? Uint32Array.from({ length: this.pageCount }, (_, i) => i) : Uint32Array.from(this.dirtyList).sort();
+    const pages = this.copyPages(indices);
+    if (options.all || this.dirtyList.length * 8 > this.pageCount) this.dirty.fill(0);
+    else for (const page of this.dirtyList) this.dirty[page] = 0;
+    this.dirtyList = [];
+    return pages;
+  }
+
+  /** Copies the pages at `indices` (sorted) into one new send buffer; all-zero pages become ZERO pages. */
+  private copyPages(indices: Uint32Array): Page[] {
+    const pageBytes = this.pageBytes;
     // Pass 1: which pages are zero, so the send buffer holds exactly the RAW pages.
     const count = indices.length;
     const raw = new Uint8Array(count);
@@ -574,25 +611,9 @@ export class SimulatedVm implements VmAdapter {
       }
       i = j;
     }
-    const devices: DeviceState[] = [
-      { name: 'cpu0', state: cloneCpu(this.cpu) },
-      { name: 'nic0', state: cloneNic(this.nic) },
-      { name: 'disk-ctl', state: cloneDiskController(this.diskController) },
-    ];
-    const stateDigest = options.digest === true ? this.digest() : EMPTY;
-    // A full sync describes each disk whole (the replica zeroes its disks first): the non-zero extents, copied.
-    const diskWrites = full ? this.wholeDisks() : this.diskLog;
-    this.diskLog = [];
-    this.diskLogBytesUsed = 0;
-    if (this.dirtyList.length * 8 > this.pageCount) this.dirty.fill(0);
-    else for (const page of this.dirtyList) this.dirty[page] = 0;
-    this.dirtyList = [];
-    this.counters.captures += 1;
-    this.counters.pagesCaptured += count;
-    return { full, pages, devices, diskWrites, stateDigest };
+    return pages;
   }
 
-  /** The state digest ({@link computeStateDigest}) of memory, devices and disks now. */
   /** The non-zero extents of every disk, as copies in DISK_DIGEST_BLOCK_BYTES granules (for a full capture). */
   private wholeDisks(): DiskWrite[] {
     const writes: DiskWrite[] = [];

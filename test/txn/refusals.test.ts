@@ -3,6 +3,7 @@ import { FrameDecoder, FrameType, KemariError, ReasonCode, TxnDigest, encodeFram
 import type { DecodedFrame } from '../../src/index.js';
 import { digestHex } from '../../src/replica/state-digest.js';
 import { SenderCore } from '../../src/txn/sender-core.js';
+import { STAGED_PAGES_PER_GUEST_PAGE } from '../../src/txn/receiver-core.js';
 import { SimulatedVm } from '../../src/vm/simulated-vm.js';
 import { ReceiverSide, helloOf, joinFrames, recordStream } from '../helpers/session.js';
 import type { RecordedStream } from '../helpers/session.js';
@@ -225,17 +226,18 @@ describe('ack means applied (invariant 3)', () => {
 });
 
 describe('staging bounds', () => {
-  it('a transaction listing more pages than the guest has → KEMARI_TXN_TOO_LARGE (ZERO pages are cheap on the wire, not in memory)', () => {
+  it('a transaction listing more pages than the bound (4 per guest page) → KEMARI_TXN_TOO_LARGE (ZERO pages are cheap on the wire, not in memory)', () => {
     const side = new ReceiverSide();
     side.feed(recorded.hello);
     const pageCount = (128 * 1024) / 4096;
     const zeros = (from: number) => Array.from({ length: pageCount }, (_, i) => ({ index: from + i, kind: 1 as const, data: new Uint8Array(0) }));
-    const frames = [
-      encodeFrame({ type: FrameType.BEGIN, txn: 1, seq: 0, body: { full: true, baseTxn: 0, releasedTxn: 0 } }),
-      encodeFrame({ type: FrameType.PAGES, txn: 1, seq: 1, body: { pageBytes: 4096, pages: zeros(0) } }),
-      encodeFrame({ type: FrameType.PAGES, txn: 1, seq: 2, body: { pageBytes: 4096, pages: zeros(0) } }),
-    ];
-    side.feed(joinFrames(frames));
+    const frames = [encodeFrame({ type: FrameType.BEGIN, txn: 1, seq: 0, body: { full: true, baseTxn: 0, releasedTxn: 0 } })];
+    for (let seq = 1; seq <= STAGED_PAGES_PER_GUEST_PAGE + 1; seq++) {
+      frames.push(encodeFrame({ type: FrameType.PAGES, txn: 1, seq, body: { pageBytes: 4096, pages: zeros(0) } }));
+    }
+    side.feed(joinFrames(frames.slice(0, STAGED_PAGES_PER_GUEST_PAGE + 1)));
+    expect(side.errors).toEqual([]); // up to the bound: fine (a pre-copied full sync repeats pages)
+    side.feed(joinFrames(frames.slice(STAGED_PAGES_PER_GUEST_PAGE + 1)));
     expect(side.errors.map((e) => e.code)).toEqual(['KEMARI_TXN_TOO_LARGE']);
   });
 });
