@@ -46,6 +46,7 @@ export class FailureDetector {
     this.lastLinkMs = options.nowMs;
     this.lastSecondMs = options.nowMs;
     this.lastSentMs = Number.NEGATIVE_INFINITY;
+    this.lastTickMs = options.nowMs;
   }
 
   /** How long a path may stay quiet before the peer is suspected on it. */
@@ -70,6 +71,21 @@ export class FailureDetector {
     if (!this.secondPath) return 'dead';
     return nowMs - this.lastSecondMs >= this.timeoutMs ? 'dead' : 'link-down';
   }
+
+  /**
+   * The driver's timer fired at `nowMs`. A tick much later than scheduled means this side was stalled (a long
+   * synchronous step, a paused process): the peer's bytes may be waiting unread in the socket, so its silence is
+   * not counted against it; it gets a full timeout from now.
+   */
+  ticked(nowMs: number): void {
+    if (nowMs - this.lastTickMs > 2 * this.intervalMs) {
+      this.lastLinkMs = Math.max(this.lastLinkMs, nowMs);
+      this.lastSecondMs = Math.max(this.lastSecondMs, nowMs);
+    }
+    this.lastTickMs = nowMs;
+  }
+
+  private lastTickMs: number;
 
   /** Is a heartbeat due at `nowMs`? */
   heartbeatDue(nowMs: number): boolean {

@@ -454,6 +454,10 @@ export class Primary extends EventEmitter {
   private onHeartbeatTick(): void {
     if (this.connection === undefined) return;
     const nowMs = this.clock();
+    this.detector.ticked(nowMs);
+    // Until the session is established the connect and HELLO path governs (a large standby allocates its replica
+    // before it answers); liveness is judged from then on.
+    if (this.stateNow === 'connecting') return;
     if (this.detector.verdict(nowMs) === 'dead') {
       this.fail(new KemariError('KEMARI_PEER_LOST', `the secondary was silent for ${this.detector.timeoutMs} ms`, { details: { timeoutMs: this.detector.timeoutMs } }));
       return;
@@ -495,6 +499,7 @@ export class Primary extends EventEmitter {
     for (const event of events) {
       switch (event.type) {
         case 'session':
+          this.detector.heardOnLink(this.clock());
           this.verifyActive = event.features.includes('verify');
           this.stateNow = 'syncing';
           this.pump();

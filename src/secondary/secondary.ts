@@ -357,6 +357,7 @@ export class Secondary extends EventEmitter {
     const helloDeadlineMs = performance.now() + (this.options.helloTimeoutMs ?? 5000);
     const timer = setInterval(() => {
       const nowMs = performance.now();
+      detector.ticked(nowMs);
       if (this.session !== pending) {
         // Not (or no longer) the session: it has until the HELLO deadline to become one.
         if (nowMs >= helloDeadlineMs) connection.close(new KemariError('KEMARI_PROTOCOL', 'no HELLO in time'));
@@ -468,6 +469,7 @@ export class Secondary extends EventEmitter {
           session.connection.write([action.frame.header, ...action.frame.body]);
           break;
         case 'session':
+          session.detector.heardOnLink(performance.now());
           this.emit('session', action.hello);
           break;
         case 'apply': {

@@ -45,3 +45,21 @@ describe('FailureDetector', () => {
     expect(() => new FailureDetector({ intervalMs: 10, missedMax: 0, nowMs: 0 })).toThrow(expect.objectContaining({ code: 'KEMARI_INVALID_ARGUMENT' }));
   });
 });
+
+describe('FailureDetector and its own stalls', () => {
+  it('a late timer tick (this side was stalled) gives the peer a full timeout from now', () => {
+    const d = new FailureDetector({ intervalMs: 100, missedMax: 3, nowMs: 0 });
+    d.ticked(100);
+    d.ticked(200);
+    d.ticked(1200); // stalled for a second: the peer's bytes may be unread in the socket
+    expect(d.verdict(1200)).toBe('alive');
+    expect(d.verdict(1499)).toBe('alive');
+    expect(d.verdict(1500)).toBe('dead');
+  });
+
+  it('ticks on time change nothing', () => {
+    const d = new FailureDetector({ intervalMs: 100, missedMax: 3, nowMs: 0 });
+    for (let t = 100; t <= 300; t += 100) d.ticked(t);
+    expect(d.verdict(300)).toBe('dead');
+  });
+});
