@@ -23,7 +23,8 @@ if (mode === 'raw') {
   });
   server.listen(0, '127.0.0.1', () => send({ port: (server.address() as AddressInfo).port }));
 } else {
-  const secondary = await Secondary.listen({ host: '127.0.0.1', port: 0, txnBytesMax: 2 ** 31 });
+  // A generous heartbeat timeout: the one-capture full sync pauses the primary for a copy of the whole guest.
+  const secondary = await Secondary.listen({ host: '127.0.0.1', port: 0, txnBytesMax: 2 ** 31, heartbeat: { intervalMs: 100, missedMax: 50 } });
   send({ port: secondary.port });
 }
 process.on('disconnect', () => process.exit(0));

@@ -177,6 +177,9 @@ export interface PrimaryStats {
   lastError: KemariError | undefined;
 }
 
+/** Pages one pre-copy call copies at most (16 MiB of 4 KiB pages). */
+export const PRECOPY_CHUNK_PAGES = 4096;
+
 /** Where a primary stands. */
 export type PrimaryState = 'connecting' | 'syncing' | 'protected' | 'unprotected' | 'paused' | 'quiesced' | 'closed';
 
@@ -632,13 +635,21 @@ export class Primary extends EventEmitter {
     this.write(begin);
     let staged = 0;
     for (let round = 0; round < this.precopyRoundsMax; round++) {
-      const pages = await this.onVm(() => precopy({ all: round === 0 }));
-      this.write(this.core.addPages(pages));
-      staged += pages.length;
-      await this.drained();
-      if (this.stateNow !== 'syncing') return undefined;
+      let roundPages = 0;
+      // One bounded chunk at a time, each written out before the next is copied: memory stays at one chunk, and
+      // bytes keep flowing, so the secondary never hears a long silence while a big guest is copied.
+      for (let fromIndex: number | undefined = 0; fromIndex !== undefined; ) {
+        const from: number = fromIndex;
+        const chunk = await this.onVm(() => precopy({ all: round === 0, fromIndex: from, pagesMax: PRECOPY_CHUNK_PAGES }));
+        this.write(this.core.addPages(chunk.pages));
+        roundPages += chunk.pages.length;
+        fromIndex = chunk.nextIndex;
+        await this.drained();
+        if (this.stateNow !== 'syncing') return undefined;
+      }
+      staged += roundPages;
       // Stop when little is left, or before the receiver's page budget (the final capture may add a full guest).
-      if (pages.length <= this.precopyStopPages || staged + 2 * pageCount > STAGED_PAGES_PER_GUEST_PAGE * pageCount) break;
+      if (roundPages <= this.precopyStopPages || staged + 2 * pageCount > STAGED_PAGES_PER_GUEST_PAGE * pageCount) break;
     }
     return true;
   }

@@ -41,6 +41,20 @@ export interface CaptureOptions {
   wholeDisks?: boolean;
 }
 
+/** Options of one pre-copy call. */
+export interface PrecopyOptions {
+  all: boolean;
+  fromIndex: number;
+  pagesMax: number;
+}
+
+/** One pre-copied chunk. */
+export interface PrecopyChunk {
+  pages: Page[];
+  /** The page index to continue from, or undefined when the round is done. */
+  nextIndex: number | undefined;
+}
+
 /** A VM kemari can protect. */
 export interface VmAdapter {
   /** Guest memory size in bytes (a multiple of `pageBytes`). */
@@ -58,9 +72,11 @@ export interface VmAdapter {
   /** Captures the epoch (the VM is paused) and starts a new one: dirty tracking and disk write log are reset. */
   capture(options: CaptureOptions): EpochCapture | Promise<EpochCapture>;
   /**
-   * Optional pre-copy, for a full sync that does not stop the guest for long: while the guest runs, copies every
-   * page (`all`) or those dirtied since the previous copy, and clears their dirty marks. An adapter without it is
-   * fully synced by one capture.
+   * Optional pre-copy, for a full sync that does not stop the guest for long: while the guest runs, copies the
+   * pages from `fromIndex` on (every page when `all`, else those dirtied since they were last copied), at most
+   * `pagesMax` of them, and clears their dirty marks. Returns them and where to continue (undefined: the round is
+   * done). Bounded chunks keep both memory and the time between two writes small. An adapter without it is fully
+   * synced by one capture.
    */
-  precopy?(options: { all: boolean }): Page[] | Promise<Page[]>;
+  precopy?(options: PrecopyOptions): PrecopyChunk | Promise<PrecopyChunk>;
 }

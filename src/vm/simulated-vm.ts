@@ -23,7 +23,7 @@ import { PAGE_BYTES_MAX, PAGE_BYTES_MIN, PageKind, isValidPageBytes } from '../w
 import type { Page } from '../wire/bodies/pages.js';
 import { isRecord } from '../wire/msgpack.js';
 import { checkBytes, checkInteger, invalid } from '../wire/validate.js';
-import type { CaptureOptions, EpochCapture, VmAdapter } from './adapter.js';
+import type { CaptureOptions, EpochCapture, PrecopyChunk, PrecopyOptions, VmAdapter } from './adapter.js';
 import { PageCrcTable } from './page-crc-table.js';
 import { Prng } from './prng.js';
 
@@ -563,17 +563,27 @@ export class SimulatedVm implements VmAdapter {
   }
 
   /**
-   * Pre-copy for a full sync while the guest runs: copies every page (`all`) or the pages dirtied since the last
-   * copy, and clears their dirty marks, so the next round (and the final capture) carries only what the guest
-   * changed meanwhile. Nothing else is touched: devices and disks go with the final capture.
+   * Pre-copy for a full sync while the guest runs (see VmAdapter.precopy): copies up to `pagesMax` pages from
+   * `fromIndex` on (all, or the dirty ones) and clears their dirty marks, so the next round (and the final
+   * capture) carries only what the guest changed meanwhile. Devices and disks go with the final capture.
    */
-  precopy(options: { all: boolean }): Page[] {
-    const indices = options.all ? Uint32Array.from({ length: this.pageCount }, (_, i) => i) : Uint32Array.from(this.dirtyList).sort();
+  precopy(options: PrecopyOptions): PrecopyChunk {
+    const { all, fromIndex, pagesMax } = options;
+    const chosen: number[] = [];
+    let index = fromIndex;
+    for (; index < this.pageCount && chosen.length < pagesMax; index++) {
+      if (all || this.dirty[index] !== 0) chosen.push(index);
+    }
+    const indices = Uint32Array.from(chosen);
     const pages = this.copyPages(indices);
-    if (options.all || this.dirtyList.length * 8 > this.pageCount) this.dirty.fill(0);
-    else for (const page of this.dirtyList) this.dirty[page] = 0;
-    this.dirtyList = [];
-    return pages;
+    for (const page of chosen) {
+      if (this.dirty[page] !== 0) this.dirty[page] = 0;
+    }
+    if (chosen.length > 0) {
+      const cleared = new Set(chosen);
+      this.dirtyList = this.dirtyList.filter((page) => !cleared.has(page));
+    }
+    return { pages, nextIndex: index < this.pageCount ? index : undefined };
   }
 
   /** Copies the pages at `indices` (sorted) into one new send buffer; all-zero pages become ZERO pages. */
