@@ -447,3 +447,22 @@ describe('full capture carries whole disks', () => {
     expect(full.diskWrites[0]!.data[0]).toBe(5);
   });
 });
+
+describe('pre-copy', () => {
+  it('copies in bounded chunks with a cursor, clears dirty marks, and sees pages dirtied meanwhile in the next round', () => {
+    const vm = new SimulatedVm({ memoryBytes: 64 * 1024, disks: [] }); // 16 pages, all dirty when new
+    const first = vm.precopy({ all: true, fromIndex: 0, pagesMax: 10 });
+    expect(first.pages.map((p) => p.index)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    expect(first.nextIndex).toBe(10);
+    vm.write(3 * 4096, Uint8Array.of(1)); // dirtied after its copy
+    const rest = vm.precopy({ all: true, fromIndex: 10, pagesMax: 10 });
+    expect(rest.pages.map((p) => p.index)).toEqual([10, 11, 12, 13, 14, 15]);
+    expect(rest.nextIndex).toBeUndefined();
+    const round2 = vm.precopy({ all: false, fromIndex: 0, pagesMax: 100 });
+    expect(round2.pages.map((p) => p.index)).toEqual([3]);
+    expect(round2.pages[0]!.data[0]).toBe(1); // a copy of the page as it is now
+    expect(vm.precopy({ all: false, fromIndex: 0, pagesMax: 100 }).pages).toEqual([]);
+    vm.pause();
+    expect(vm.capture({ full: false, digest: false }).pages).toEqual([]); // nothing left for the final capture
+  });
+});
