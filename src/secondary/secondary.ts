@@ -491,20 +491,7 @@ export class Secondary extends EventEmitter {
             applyFailed = true;
             break;
           }
-          session.commits += 1;
-          this.epochs += 1;
-          this.bytesApplied += staged.bodyBytes;
-          this.pagesApplied += staged.pages.length;
-          // Ack only now that the epoch is applied (invariant 3).
-          this.act(session, session.core.applied(staged.txn, digest));
-          const commit: SecondaryCommit = {
-            txn: staged.txn,
-            full: staged.full,
-            pages: staged.pages.length,
-            bytes: staged.bodyBytes,
-            ...(this.verifyActive ? { digest } : {}),
-          };
-          this.emit('commit', commit);
+          this.committed(session, staged, digest);
           break;
         }
         case 'aborted':
@@ -621,6 +608,11 @@ export class Secondary extends EventEmitter {
       this.act(session, session.core.applyFailed(staged.txn, e));
       return;
     }
+    this.committed(session, staged, digest);
+  }
+
+  /** The epoch is applied (and journaled, when durable): count it, ack it (invariant 3), report it. */
+  private committed(session: Session, staged: StagedTxn, digest: Uint8Array): void {
     session.commits += 1;
     this.epochs += 1;
     this.bytesApplied += staged.bodyBytes;
