@@ -27,6 +27,7 @@
  * (an old journal's record inside guest memory, say) are never taken for one.
  */
 import { KemariError } from '../errors.js';
+import { beginStagedTxn, commitMatches, stageFrame } from '../txn/staged-txn.js';
 import type { StagedTxn } from '../txn/staged-txn.js';
 import { crc32c, crc32cOfParts } from '../wire/checksum.js';
 import { FrameDecoder } from '../wire/decoder.js';
@@ -163,19 +164,7 @@ export function decodeRecordPayload(header: RecordHeader, payload: Uint8Array, w
       details: { ...where, txn: header.txn },
     });
   };
-  const staged: StagedTxn = {
-    txn: header.txn,
-    full: false,
-    baseTxn: 0,
-    releasedTxn: 0,
-    pageBytes: header.pageBytes,
-    pages: [],
-    devices: [],
-    diskWrites: [],
-    events: [],
-    stateDigest: new Uint8Array(0),
-    bodyBytes: header.bodyBytes,
-  };
+  const staged: StagedTxn = { ...beginStagedTxn(header.txn, { full: false, baseTxn: 0, releasedTxn: 0 }, header.pageBytes), bodyBytes: header.bodyBytes };
   const digest = new TxnDigest();
   let seq = 0;
   let committed = false;
@@ -195,21 +184,14 @@ export function decodeRecordPayload(header: RecordHeader, payload: Uint8Array, w
           staged.releasedTxn = frame.body.releasedTxn;
           return;
         case FrameType.PAGES:
-          if (frame.body.pageBytes !== header.pageBytes) corrupt(`PAGES of ${frame.body.pageBytes}-byte pages in a record of ${header.pageBytes}`);
-          for (const page of frame.body.pages) staged.pages.push(page);
-          return;
         case FrameType.DEVICE:
-          staged.devices.push(frame.body);
-          return;
         case FrameType.DISK:
-          staged.diskWrites.push(frame.body);
-          return;
         case FrameType.EVENT:
-          staged.events.push(frame.body);
+          stageFrame(staged, frame); // a page size other than the record's is KEMARI_BAD_BODY, reported as corrupt
           return;
         case FrameType.COMMIT: {
           const c = frame.body;
-          if (c.frameCount !== digest.frameCount || c.bodyBytes !== digest.bodyBytes || c.crcDigest !== digest.crcDigest) {
+          if (!commitMatches(c, digest)) {
             corrupt('COMMIT does not match the frames before it');
           }
           staged.stateDigest = c.stateDigest;

@@ -25,6 +25,7 @@ import type { Failover } from '../wire/bodies/failover.js';
 import type { Hello } from '../wire/bodies/hello.js';
 import { ReasonCode } from '../wire/bodies/reason.js';
 import { TxnDigest } from '../wire/txn-digest.js';
+import { beginStagedTxn, commitMatches, stageFrame } from './staged-txn.js';
 import type { StagedTxn } from './staged-txn.js';
 import type { BodyAllocator } from './staging-arena.js';
 
@@ -245,19 +246,7 @@ export class ReceiverCore {
     // Nothing staged is alive (every committed transaction was applied): its memory can be reused.
     if (this.awaitingApply.length === 0) this.options.arena?.reset();
     this.staging = {
-      txn: {
-        txn: frame.txn,
-        full: frame.body.full,
-        baseTxn: frame.body.baseTxn,
-        releasedTxn: frame.body.releasedTxn,
-        pageBytes: 0,
-        pages: [],
-        devices: [],
-        diskWrites: [],
-        events: [],
-        stateDigest: new Uint8Array(0),
-        bodyBytes: 0,
-      },
+      txn: beginStagedTxn(frame.txn, frame.body),
       digest,
       nextSeq: 1,
     };
@@ -267,37 +256,21 @@ export class ReceiverCore {
     const staging = this.inTxn(frame);
     staging.digest.add(frame.bodyBytes, frame.bodyCrc);
     this.checkBounds(staging.digest, frame.txn);
-    const txn = staging.txn;
-    switch (frame.type) {
-      case FrameType.PAGES:
-        if (txn.pageBytes !== 0 && txn.pageBytes !== frame.body.pageBytes) throw badBody('page size changed inside a transaction', frame.txn);
-        txn.pageBytes = frame.body.pageBytes;
-        // Each staged page is an object: bound them by the guest's page count, not only by bytes (a ZERO page is
-        // 16 bytes on the wire and much more in memory). A pre-copied full sync repeats pages, within this factor.
-        if (txn.pages.length + frame.body.pages.length > this.pagesMax) {
-          throw new KemariError('KEMARI_TXN_TOO_LARGE', `txn ${frame.txn} lists more pages than the guest has (${this.pagesMax})`, {
-            details: { txn: frame.txn, pagesMax: this.pagesMax },
-          });
-        }
-        for (const page of frame.body.pages) txn.pages.push(page);
-        break;
-      case FrameType.DEVICE:
-        txn.devices.push(frame.body);
-        break;
-      case FrameType.DISK:
-        txn.diskWrites.push(frame.body);
-        break;
-      case FrameType.EVENT:
-        txn.events.push(frame.body);
-        break;
+    // Each staged page is an object: bound them by the guest's page count, not only by bytes (a ZERO page is 16
+    // bytes on the wire and much more in memory). A pre-copied full sync repeats pages, within this factor.
+    if (frame.type === FrameType.PAGES && staging.txn.pages.length + frame.body.pages.length > this.pagesMax) {
+      throw new KemariError('KEMARI_TXN_TOO_LARGE', `txn ${frame.txn} lists more pages than the guest has (${this.pagesMax})`, {
+        details: { txn: frame.txn, pagesMax: this.pagesMax },
+      });
     }
+    stageFrame(staging.txn, frame);
   }
 
   private commit(frame: DecodedFrame & { type: typeof FrameType.COMMIT }): void {
     const staging = this.inTxn(frame);
     const { digest } = staging;
     const c = frame.body;
-    if (c.frameCount !== digest.frameCount || c.bodyBytes !== digest.bodyBytes || c.crcDigest !== digest.crcDigest) {
+    if (!commitMatches(c, digest)) {
       throw new KemariError('KEMARI_TXN_INCOMPLETE', `COMMIT of txn ${frame.txn} does not match what was staged`, {
         details: {
           txn: frame.txn,
@@ -350,9 +323,6 @@ function outOfOrder(message: string, txn: number): KemariError {
   return new KemariError('KEMARI_TXN_OUT_OF_ORDER', message, { details: { txn } });
 }
 
-function badBody(message: string, txn: number): KemariError {
-  return new KemariError('KEMARI_BAD_BODY', message, { details: { txn } });
-}
 
 function truncate(message: string): string {
   return Buffer.byteLength(message) <= 1000 ? message : message.slice(0, 900) + '…';

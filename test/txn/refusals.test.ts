@@ -241,3 +241,19 @@ describe('staging bounds', () => {
     expect(side.errors.map((e) => e.code)).toEqual(['KEMARI_TXN_TOO_LARGE']);
   });
 });
+
+describe('one page size per transaction', () => {
+  it('a PAGES frame changing the page size inside a transaction → KEMARI_BAD_BODY, nothing staged applies', () => {
+    const side = new ReceiverSide();
+    side.feed(recorded.hello);
+    side.feed(
+      joinFrames([
+        encodeFrame({ type: FrameType.BEGIN, txn: 1, seq: 0, body: { full: true, baseTxn: 0, releasedTxn: 0 } }),
+        encodeFrame({ type: FrameType.PAGES, txn: 1, seq: 1, body: { pageBytes: 4096, pages: [{ index: 0, kind: 1, data: new Uint8Array(0) }] } }),
+        encodeFrame({ type: FrameType.PAGES, txn: 1, seq: 2, body: { pageBytes: 512, pages: [{ index: 1, kind: 1, data: new Uint8Array(0) }] } }),
+      ]),
+    );
+    expect(side.errors.map((e) => e.code)).toEqual(['KEMARI_BAD_BODY']);
+    expect(side.applied).toEqual([]);
+  });
+});
