@@ -3,6 +3,7 @@
  * journal, the digest and replay events after each, temporary directories, and a file system that "crashes"
  * (throws, after tearing a write in half) at a chosen operation.
  */
+import { KemariError } from '../../src/errors.js';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
@@ -205,4 +206,15 @@ export class CrashingFs implements JournalFs {
 /** Hex of a digest, for readable assertion failures. */
 export function hex(bytes: Uint8Array): string {
   return Buffer.from(bytes).toString('hex');
+}
+
+/** The KemariError code a promise rejects with, or 'resolved'. Other errors propagate. */
+export async function codeOf(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+  } catch (error) {
+    if (error instanceof KemariError) return error.code;
+    throw error;
+  }
+  return 'resolved';
 }

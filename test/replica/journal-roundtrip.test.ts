@@ -1,14 +1,13 @@
 import { stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { KemariError } from '../../src/errors.js';
 import { Journal } from '../../src/replica/journal.js';
 import { JOURNAL_FILE_NAME } from '../../src/replica/journal-context.js';
 import { RECORD_HEADER_BYTES, decodeRecordPayload, encodeRecord, readRecordHeader } from '../../src/replica/journal-record.js';
 import { digestHex } from '../../src/replica/state-digest.js';
 import type { StagedTxn } from '../../src/txn/staged-txn.js';
 import { PageKind } from '../../src/wire/bodies/pages.js';
-import { CrashingFs, TempDirs, copyEvent, hex, stagedStream } from './journal-fixtures.js';
+import { CrashingFs, TempDirs, copyEvent, hex, stagedStream, codeOf } from './journal-fixtures.js';
 import type { StagedStream } from './journal-fixtures.js';
 
 const dirs = new TempDirs();
@@ -23,15 +22,6 @@ function options(extra: Partial<Parameters<typeof Journal.open>[1]> = {}): Param
   return { geometry: stream.geometry, sessionId: stream.sessionId, ...extra };
 }
 
-async function codeOf(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-  } catch (error) {
-    if (error instanceof KemariError) return error.code;
-    throw error;
-  }
-  return 'resolved';
-}
 
 /** Encodes then decodes through the record format alone. */
 function roundTrip(staged: StagedTxn): StagedTxn {

@@ -5,14 +5,13 @@
 import { copyFile, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { KemariError } from '../../src/errors.js';
 import { Journal } from '../../src/replica/journal.js';
 import type { JournalOptions } from '../../src/replica/journal.js';
 import { JOURNAL_FILE_NAME, SNAPSHOT_FILE_NAME } from '../../src/replica/journal-context.js';
 import { nodeJournalFs } from '../../src/replica/journal-fs.js';
 import { readSnapshotHead } from '../../src/replica/journal-snapshot.js';
 import { Replica } from '../../src/replica/replica.js';
-import { CrashingFs, TempDirs, copyEvent, hex, replicaAt, smallTxn, stagedStream } from './journal-fixtures.js';
+import { CrashingFs, TempDirs, copyEvent, hex, replicaAt, smallTxn, stagedStream, codeOf } from './journal-fixtures.js';
 import type { StagedStream } from './journal-fixtures.js';
 
 const dirs = new TempDirs();
@@ -27,15 +26,6 @@ function options(extra: Partial<JournalOptions> = {}): JournalOptions {
   return { geometry: stream.geometry, sessionId: stream.sessionId, ...extra };
 }
 
-async function codeOf(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-  } catch (error) {
-    if (error instanceof KemariError) return error.code;
-    throw error;
-  }
-  return 'resolved';
-}
 
 /** Journals then applies txns [from, to) like a secondary. */
 async function serve(journal: Journal, replica: Replica, from: number, to: number): Promise<void> {
