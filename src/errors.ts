@@ -40,6 +40,11 @@ export const ERROR_CODES = {
   KEMARI_ARBITER_UNAVAILABLE: 'The arbiter did not answer in time or its connection broke: no lease can be granted or renewed.',
   KEMARI_LEASE_DENIED: "The arbiter granted the session's lease to another holder.",
   KEMARI_LEASE_LOST: 'The lease was superseded by another holder: this side quiesced and never releases output again.',
+  KEMARI_QMP_ERROR: 'QEMU answered a QMP command with an error (its class and description are in details).',
+  KEMARI_QEMU_EXITED: 'The QEMU process exited or its QMP socket closed; commands still pending fail with this.',
+  KEMARI_TIMEOUT: 'An operation did not complete within its timeout (a QMP command, a migration, a process start).',
+  KEMARI_MIGRATION_FORMAT: 'A QEMU migration stream is malformed, or uses a capability or record this parser does not support.',
+  KEMARI_NBD_PROTOCOL: 'An NBD client broke the protocol (bad magic, unknown option or command, out-of-range request).',
   KEMARI_CLOSED: 'The object was closed; pending outputs are discarded, never released.',
   KEMARI_ABORTED: 'The operation was aborted through its AbortSignal.',
 } as const satisfies Record<string, string>;
