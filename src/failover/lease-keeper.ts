@@ -9,6 +9,7 @@
  */
 import { KemariError } from '../errors.js';
 import type { Arbiter, Lease } from './arbiter.js';
+import type { TimerHandle, Timers } from '../time/timers.js';
 
 /** Share of the ttl a granted or renewed lease is trusted for, on the holder's clock. */
 export const LEASE_TRUST_FRACTION = 0.9;
@@ -16,7 +17,7 @@ export const LEASE_TRUST_FRACTION = 0.9;
 export class LeaseKeeper {
   private lease: Lease | undefined;
   private validUntilMs = Number.NEGATIVE_INFINITY;
-  private timer: NodeJS.Timeout | undefined;
+  private timer: TimerHandle | undefined;
   private lost = false;
 
   constructor(
@@ -24,7 +25,7 @@ export class LeaseKeeper {
     private readonly sessionId: string,
     private readonly holder: string,
     readonly ttlMs: number,
-    private readonly clock: () => number,
+    private readonly timers: Timers,
   ) {}
 
   /** The lease held (undefined before it is acquired, or after it was lost). */
@@ -39,7 +40,7 @@ export class LeaseKeeper {
 
   /** Acquires the lease, or adopts `lease` (a promoted secondary's) by renewing it. Throws KEMARI_LEASE_DENIED. */
   async acquire(adopt?: Lease): Promise<Lease> {
-    const sentMs = this.clock();
+    const sentMs = this.timers.now();
     const lease = adopt !== undefined ? await this.arbiter.renew(adopt) : await this.arbiter.acquire(this.sessionId, this.holder, this.ttlMs);
     if (lease === undefined) {
       throw new KemariError('KEMARI_LEASE_DENIED', `the lease of session ${this.sessionId} is held by another holder`, { details: { sessionId: this.sessionId } });
@@ -52,10 +53,10 @@ export class LeaseKeeper {
   /** Renews every ttl/3; `onRenewed` after each renewal that got through, `onLost` once if the lease is superseded. */
   start(onRenewed: () => void, onLost: (error: KemariError) => void): void {
     this.stop();
-    this.timer = setInterval(() => {
+    this.timer = this.timers.setInterval(() => {
       const lease = this.lease;
       if (lease === undefined || this.lost) return;
-      const sentMs = this.clock();
+      const sentMs = this.timers.now();
       this.arbiter.renew(lease).then(
         (renewed) => {
           if (this.lost || this.lease !== lease) return;
@@ -73,12 +74,11 @@ export class LeaseKeeper {
         },
       );
     }, Math.max(1, Math.floor(this.ttlMs / 3)));
-    this.timer.unref();
   }
 
   /** Stops renewing (the lease lapses at its time). */
   stop(): void {
-    if (this.timer !== undefined) clearInterval(this.timer);
+    this.timers.clear(this.timer);
     this.timer = undefined;
   }
 

@@ -10,8 +10,14 @@
  * Events: 'progress' ({@link SyncProgress}, during the initial full sync), 'capture' ({@link PrimaryCapture}, an
  * epoch was captured and is about to be sent), 'commit' ({@link PrimaryCommit}),
  * 'release' ({@link ReleasedOutput}), 'disconnect' (KemariError), 'unprotected' ({ error, policy }: the secondary
- * was lost while protected), 'fault' ({@link Fault}), 'quiesced' ({@link PostMortem}), 'error' (KemariError;
- * emitted only when listened to, and always recorded in `stats().lastError`).
+ * was lost while protected), 'reprotected' ({@link Reprotection}: protected again after a loss), 'fault'
+ * ({@link Fault}), 'quiesced' ({@link PostMortem}), 'error' (KemariError; emitted only when listened to, and always
+ * recorded in `stats().lastError`).
+ *
+ * After a loss the primary reconnects by itself (`reconnectDelayMs`). The epochs captured since the last ack are
+ * kept (at most `pipelineDepth` of them, plus one whose capture the loss interrupted): a secondary that comes back
+ * with its replica (a restarted one recovers its journal) is resumed from its committed epoch with one incremental
+ * transaction that merges them with a fresh capture; any other comes back through a full sync.
  */
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
@@ -38,13 +44,31 @@ import type { SenderEvent } from '../txn/sender-core.js';
 import type { VmAdapter } from '../vm/adapter.js';
 import type { EncodedFrame } from '../wire/encoder.js';
 import { DEFAULT_BODY_BYTES_MAX } from '../wire/decoder.js';
+import type { Hello } from '../wire/bodies/hello.js';
+import type { EpochCapture } from '../vm/adapter.js';
+import { mergeCaptures } from '../vm/merge-captures.js';
+import { realTimers } from '../time/timers.js';
+import type { TimerHandle, Timers } from '../time/timers.js';
 
 /** Options of {@link Primary.start}. */
 export interface PrimaryOptions {
   /** The VM to protect. */
   vm: VmAdapter;
-  /** Where the secondary listens. */
-  secondary: Endpoint;
+  /** Where the secondary listens (or give `connector`). */
+  secondary?: Endpoint;
+  /**
+   * Opens a connection to the secondary instead of `secondary` (a custom transport; the deterministic
+   * simulation's network). Called for the first connection and for every reconnection.
+   */
+  connector?: (signal?: AbortSignal) => Promise<Connection>;
+  /**
+   * After the secondary is lost, try to reconnect every `reconnectDelayMs` (default 1000; 0 turns reconnection
+   * off). A secondary that kept its replica (it is still running, or it recovered its journal) is resumed
+   * incrementally from its committed epoch; otherwise a full sync runs while the VM keeps running.
+   */
+  reconnectDelayMs?: number;
+  /** The clock and timers (injectable: the deterministic simulation runs the primary on virtual time). */
+  timers?: Timers;
   /** Mutual TLS (host/port endpoints only). */
   tls?: ConnectTlsOptions;
   /** Checkpoint policy. Default `{ mode: 'event' }`. */
@@ -65,7 +89,7 @@ export interface PrimaryOptions {
   signal?: AbortSignal;
   /** Connection timeout. Default 10 s. */
   connectTimeoutMs?: number;
-  /** The clock, in milliseconds (injectable for tests). Default `performance.now`. */
+  /** The clock, in milliseconds (injectable for tests). Default `timers.now`. */
   clock?: () => number;
   /**
    * Called as the initial full sync is written (also emitted as 'progress'): `start` resolves only after the full
@@ -155,6 +179,16 @@ export interface PrimaryCapture {
   digest?: Uint8Array;
 }
 
+/** Protection came back after a loss. */
+export interface Reprotection {
+  /** The first epoch acked in the new session. */
+  txn: number;
+  /** True when it was a full sync, false when the secondary was resumed from its committed epoch. */
+  full: boolean;
+  /** The secondary's committed epoch the session started from. */
+  fromTxn: number;
+}
+
 /** Progress of a full sync. */
 export interface SyncProgress {
   txn: number;
@@ -191,6 +225,8 @@ interface Pending {
   pages: number;
   bytes: number;
   digest: Uint8Array;
+  /** The capture of an incremental epoch, kept until acked: a resumed session sends it again. */
+  capture: EpochCapture | undefined;
 }
 
 export class Primary extends EventEmitter {
@@ -198,21 +234,46 @@ export class Primary extends EventEmitter {
   readonly tap: EventTap;
   readonly sessionId: string;
   private readonly vm: VmAdapter;
-  private readonly core: SenderCore;
+  private readonly hello: Hello;
+  private readonly pipelineDepth: number;
+  private readonly bodyBytesMax: number;
+  private readonly pagesPerFrameMax: number;
+  /** The session's protocol state machine: a new one for every connection. */
+  private core: SenderCore;
   private readonly controller: CheckpointController;
+  private readonly timers: Timers;
   private readonly clock: () => number;
   private readonly pending: Pending[] = [];
   private readonly sendQueue: EncodedFrame[] = [];
   private readonly pauses = new LatencyWindow();
   private readonly latencies = new LatencyWindow();
   private connection: Connection | undefined;
-  private timer: NodeJS.Timeout | undefined;
+  private timer: TimerHandle | undefined;
   private capturing = false;
-  private firstDone = false;
+  /** The next capture must be a full sync (first session, or the secondary's replica cannot be resumed). */
+  private needFull = true;
+  /** Captures whose epoch was never sent (a loss interrupted it): merged into the next transaction. */
+  private carry: EpochCapture[] = [];
+  /** The newest acked txn, across sessions. */
+  private ackedTxnNow = 0;
+  /** The newest txn given to a transaction. */
+  private lastTxnNow = 0;
+  /** A session is up (the secondary's HELLO arrived) on the current connection. */
+  private sessionUp = false;
+  /** A full sync was acked once: losses from then on follow the `onSecondaryLoss` policy and reconnect. */
+  private everProtected = false;
+  /** The secondary's committed epoch when the current session began, and whether it resumed from it. */
+  private sessionFrom: { txn: number; resumed: boolean } = { txn: 0, resumed: false };
+  private lostSince = false;
   private verifyActive = false;
   private stateNow: PrimaryState = 'connecting';
   private readonly detector: FailureDetector;
-  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private heartbeatTimer: TimerHandle | undefined;
+  private helloTimer: TimerHandle | undefined;
+  private reconnectTimer: TimerHandle | undefined;
+  private readonly reconnectDelayMs: number;
+  private readonly connectTimeoutMs: number;
+  private readonly connector: (signal?: AbortSignal) => Promise<Connection>;
   private readonly lossPolicy: 'hold' | 'pause' | 'continue';
   private postMortemNow: PostMortem | undefined;
   private readonly keeper: LeaseKeeper | undefined;
@@ -232,25 +293,24 @@ export class Primary extends EventEmitter {
     super();
     this.keeper = keeper;
     this.vm = options.vm;
-    this.clock = options.clock ?? (() => performance.now());
+    this.timers = options.timers ?? realTimers;
+    const timers = this.timers;
+    this.clock = options.clock ?? (() => timers.now());
     this.sessionId = options.sessionId ?? randomUUID();
     this.tap = new EventTap(options.tap);
-    const pipelineDepth = options.pipelineDepth ?? 2;
-    this.controller = new CheckpointController(options.sync ?? { mode: 'event' }, pipelineDepth, this.clock());
-    this.core = new SenderCore({
-      hello: primaryHello(options.vm, this.sessionId, options.verify === true ? ['verify'] : []),
-      pipelineDepth,
-      bodyBytesMax: options.bodyBytesMax ?? DEFAULT_BODY_BYTES_MAX,
-      pagesPerFrameMax: options.pagesPerFrameMax ?? 256,
-    });
-    this.connection = connection;
+    this.pipelineDepth = options.pipelineDepth ?? 2;
+    this.controller = new CheckpointController(options.sync ?? { mode: 'event' }, this.pipelineDepth, this.clock());
+    this.hello = primaryHello(options.vm, this.sessionId, options.verify === true ? ['verify'] : []);
+    this.bodyBytesMax = options.bodyBytesMax ?? DEFAULT_BODY_BYTES_MAX;
+    this.pagesPerFrameMax = options.pagesPerFrameMax ?? 256;
+    this.core = this.newCore();
+    this.connector = Primary.connectorOf(options);
+    this.connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
+    this.reconnectDelayMs = options.reconnectDelayMs ?? 1000;
     if (options.onProgress !== undefined) this.on('progress', options.onProgress);
     this.precopyRoundsMax = options.precopyRoundsMax ?? 4;
     this.precopyStopPages = options.precopyStopPages ?? 64;
     this.lossPolicy = options.onSecondaryLoss ?? 'hold';
-    if (!['hold', 'pause', 'continue'].includes(this.lossPolicy)) {
-      throw new KemariError('KEMARI_INVALID_ARGUMENT', "onSecondaryLoss must be 'hold', 'pause' or 'continue'", { details: { onSecondaryLoss: this.lossPolicy } });
-    }
     this.detector = new FailureDetector({
       intervalMs: options.heartbeat?.intervalMs ?? 100,
       missedMax: options.heartbeat?.missedMax ?? 5,
@@ -258,17 +318,48 @@ export class Primary extends EventEmitter {
     });
     this.tap.on('output', () => this.pump());
     this.tap.on('release', (output: ReleasedOutput) => this.emit('release', output));
-    connection.on('data', (chunk) => {
-      this.detector.heardOnLink(this.clock());
-      this.onEvents(this.core.receive(chunk));
-    });
-    connection.on('drain', () => this.flush());
-    connection.on('close', (error) => this.onClose(error));
+    this.attach(connection);
     this.signal = options.signal;
     if (options.signal !== undefined) {
       this.abortListener = () => this.close(new KemariError('KEMARI_ABORTED', 'the primary was aborted', { cause: options.signal?.reason }));
       options.signal.addEventListener('abort', this.abortListener, { once: true });
     }
+  }
+
+  private newCore(): SenderCore {
+    return new SenderCore({ hello: this.hello, pipelineDepth: this.pipelineDepth, bodyBytesMax: this.bodyBytesMax, pagesPerFrameMax: this.pagesPerFrameMax });
+  }
+
+  /** How this primary opens connections: the caller's connector, or the `secondary` endpoint. */
+  private static connectorOf(options: PrimaryOptions): (signal?: AbortSignal) => Promise<Connection> {
+    if (options.connector !== undefined) return options.connector;
+    const endpoint = options.secondary;
+    if (endpoint === undefined) throw new KemariError('KEMARI_INVALID_ARGUMENT', 'a primary needs a secondary endpoint or a connector');
+    return (signal) =>
+      connect(endpoint, {
+        ...(options.tls === undefined ? {} : { tls: options.tls }),
+        ...(signal === undefined ? {} : { signal }),
+        timeoutMs: options.connectTimeoutMs ?? 10_000,
+      });
+  }
+
+  /** Makes `connection` the current one, with a fresh session core; events of older connections are ignored. */
+  private attach(connection: Connection): void {
+    this.connection = connection;
+    this.core = this.newCore();
+    this.sessionUp = false;
+    const core = this.core;
+    connection.on('data', (chunk) => {
+      if (this.connection !== connection) return;
+      this.detector.heardOnLink(this.clock());
+      this.onEvents(core.receive(chunk));
+    });
+    connection.on('drain', () => {
+      if (this.connection === connection) this.flush();
+    });
+    connection.on('close', (error) => {
+      if (this.connection === connection) this.onClose(error);
+    });
   }
 
   /**
@@ -278,21 +369,18 @@ export class Primary extends EventEmitter {
   static async start(options: PrimaryOptions): Promise<Primary> {
     if (options.signal?.aborted) throw new KemariError('KEMARI_ABORTED', 'aborted before start', { cause: options.signal.reason });
     Primary.validate(options);
-    const clock = options.clock ?? (() => performance.now());
+    const base = options.timers ?? realTimers;
+    const timers: Timers = options.clock === undefined ? base : { ...base, now: options.clock };
     let keeper: LeaseKeeper | undefined;
     if (options.arbiter !== undefined) {
       const sessionId = options.sessionId;
       if (sessionId === undefined) throw new KemariError('KEMARI_INVALID_ARGUMENT', 'an arbiter needs an explicit sessionId (both sides name the same lease)');
-      keeper = new LeaseKeeper(options.arbiter, sessionId, options.holder ?? `primary:${hostname()}:${process.pid}`, options.leaseTtlMs ?? 3000, clock);
+      keeper = new LeaseKeeper(options.arbiter, sessionId, options.holder ?? `primary:${hostname()}:${process.pid}`, options.leaseTtlMs ?? 3000, timers);
       await keeper.acquire(options.lease);
     }
     let connection: Connection;
     try {
-      connection = await connect(options.secondary, {
-        ...(options.tls === undefined ? {} : { tls: options.tls }),
-        ...(options.signal === undefined ? {} : { signal: options.signal }),
-        timeoutMs: options.connectTimeoutMs ?? 10_000,
-      });
+      connection = await Primary.connectorOf(options)(options.signal);
     } catch (error) {
       await keeper?.release();
       throw error;
@@ -335,6 +423,11 @@ export class Primary extends EventEmitter {
       throw new KemariError('KEMARI_INVALID_ARGUMENT', "onSecondaryLoss must be 'hold', 'pause' or 'continue'", { details: { onSecondaryLoss: policy } });
     }
     new FailureDetector({ intervalMs: options.heartbeat?.intervalMs ?? 100, missedMax: options.heartbeat?.missedMax ?? 5, nowMs: 0 });
+    const reconnect = options.reconnectDelayMs;
+    if (reconnect !== undefined && (!Number.isFinite(reconnect) || reconnect < 0)) {
+      throw new KemariError('KEMARI_INVALID_ARGUMENT', 'reconnectDelayMs must be a non-negative number', { details: { reconnectDelayMs: reconnect } });
+    }
+    Primary.connectorOf(options);
   }
 
   /** Where the primary stands. */
@@ -379,10 +472,10 @@ export class Primary extends EventEmitter {
     this.stateNow = 'quiesced';
     this.stopTimers();
     const error = new KemariError('KEMARI_QUIESCED', `the primary quiesced after a fatal fault from ${fault.source}${fault.detail === undefined ? '' : `: ${fault.detail}`}`, {
-      details: { source: fault.source, ackedTxn: this.core.ackedTxn },
+      details: { source: fault.source, ackedTxn: this.ackedTxnNow },
     });
     this.tap.discard(error);
-    this.postMortemNow = { fault, ackedTxn: this.core.ackedTxn, inFlight: this.core.inFlightCount, vm: this.vm };
+    this.postMortemNow = { fault, ackedTxn: this.ackedTxnNow, inFlight: this.pending.length, vm: this.vm };
     await this.onVm(() => this.vm.pause());
     // Known not to write any more: the lease goes back at once, so the secondary need not wait for it to expire.
     void this.keeper?.release();
@@ -393,7 +486,7 @@ export class Primary extends EventEmitter {
           type: FrameType.FAILOVER,
           txn: 0,
           seq: 0,
-          body: { committedTxn: this.core.ackedTxn, generation: 0, reason: `${fault.source}${fault.detail === undefined ? '' : `: ${fault.detail}`}` },
+          body: { committedTxn: this.ackedTxnNow, generation: 0, reason: `${fault.source}${fault.detail === undefined ? '' : `: ${fault.detail}`}` },
         }),
       ]);
       this.closeAfterFlush = true;
@@ -408,8 +501,8 @@ export class Primary extends EventEmitter {
     return {
       state: this.stateNow,
       epochs: this.epochs,
-      ackedTxn: this.core.ackedTxn,
-      inFlight: this.core.inFlightCount,
+      ackedTxn: this.ackedTxnNow,
+      inFlight: this.pending.length,
       pagesSent: this.pagesSent,
       bytesSent: this.bytesSent,
       outputsHeld: this.tap.heldCount,
@@ -448,9 +541,13 @@ export class Primary extends EventEmitter {
         else reject(error);
       };
       this.write(this.core.start());
-      this.heartbeatTimer = setInterval(() => this.onHeartbeatTick(), this.detector.intervalMs);
-      this.heartbeatTimer.unref();
+      this.startHeartbeats();
     });
+  }
+
+  private startHeartbeats(): void {
+    this.timers.clear(this.heartbeatTimer);
+    this.heartbeatTimer = this.timers.setInterval(() => this.onHeartbeatTick(), this.detector.intervalMs);
   }
 
   /** Sends a heartbeat when due; declares the secondary lost when it stayed silent too long. */
@@ -460,7 +557,7 @@ export class Primary extends EventEmitter {
     this.detector.ticked(nowMs);
     // Until the session is established the connect and HELLO path governs (a large standby allocates its replica
     // before it answers); liveness is judged from then on.
-    if (this.stateNow === 'connecting') return;
+    if (!this.sessionUp) return;
     if (this.detector.verdict(nowMs) === 'dead') {
       this.fail(new KemariError('KEMARI_PEER_LOST', `the secondary was silent for ${this.detector.timeoutMs} ms`, { details: { timeoutMs: this.detector.timeoutMs } }));
       return;
@@ -472,17 +569,18 @@ export class Primary extends EventEmitter {
           type: FrameType.HEARTBEAT,
           txn: 0,
           seq: 0,
-          body: { timeMs: Date.now(), committedTxn: this.core.ackedTxn, generation: 0, state: this.stateNow === 'protected' ? PeerState.PROTECTED : PeerState.SYNCING },
+          body: { timeMs: Date.now(), committedTxn: this.ackedTxnNow, generation: 0, state: this.stateNow === 'protected' ? PeerState.PROTECTED : PeerState.SYNCING },
         }),
       ]);
     }
   }
 
   private stopTimers(): void {
-    if (this.timer !== undefined) clearTimeout(this.timer);
-    if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
+    for (const timer of [this.timer, this.heartbeatTimer, this.helloTimer, this.reconnectTimer]) this.timers.clear(timer);
     this.timer = undefined;
     this.heartbeatTimer = undefined;
+    this.helloTimer = undefined;
+    this.reconnectTimer = undefined;
   }
 
   private closeAfterFlush = false;
@@ -502,10 +600,7 @@ export class Primary extends EventEmitter {
     for (const event of events) {
       switch (event.type) {
         case 'session':
-          this.detector.heardOnLink(this.clock());
-          this.verifyActive = event.features.includes('verify');
-          this.stateNow = 'syncing';
-          this.pump();
+          this.onSession(event.peer.committedTxn, event.features);
           break;
         case 'ack':
           this.onAck(event.txn);
@@ -519,12 +614,61 @@ export class Primary extends EventEmitter {
     }
   }
 
+  /**
+   * The secondary's HELLO arrived, naming its committed epoch X. Epochs up to X that were never acked are committed
+   * there (their acks were lost with the connection): they count as acked. When this primary still holds every
+   * epoch after X (their captures), the secondary resumes from X with one incremental transaction that merges them
+   * with the next capture; otherwise (a new secondary, or one that lost epochs) a full sync runs.
+   */
+  private onSession(committedTxn: number, features: string[]): void {
+    this.detector.heardOnLink(this.clock());
+    this.timers.clear(this.helloTimer);
+    this.helloTimer = undefined;
+    this.sessionUp = true;
+    this.verifyActive = features.includes('verify');
+    const x = committedTxn;
+    const known = this.everProtected && x >= this.ackedTxnNow && x <= this.lastTxnNow;
+    if (known) while (this.pending.length > 0 && this.pending[0]!.txn <= x) this.completed(this.pending.shift()!);
+    const resumable = known && !this.needFull && this.pending.every((p) => p.capture !== undefined);
+    if (resumable) {
+      this.carry = [...this.pending.map((p) => p.capture!), ...this.carry];
+      this.core.resumeIncremental();
+    } else {
+      this.carry = [];
+      this.needFull = true;
+    }
+    this.pending.length = 0;
+    if (known) {
+      // Epochs up to X stay sealed until released (the lease may defer it); the rest go out again.
+      this.tap.unseal(x + 1);
+    } else {
+      // Another history: every output goes out again with the full sync, numbered from X on.
+      this.tap.unseal();
+      this.deferredReleaseTxn = 0;
+      if (x < this.tap.releasedTxn) this.tap.rebase(x);
+    }
+    this.tap.endPassThrough();
+    this.ackedTxnNow = x;
+    this.lastTxnNow = x;
+    this.sessionFrom = { txn: x, resumed: resumable };
+    this.stateNow = 'syncing';
+    this.pump();
+  }
+
   private onAck(txn: number): void {
     const pending = this.pending.shift();
     if (pending === undefined || pending.txn !== txn) {
       this.fail(new KemariError('KEMARI_PROTOCOL', `ack for txn ${txn} does not match the oldest pending transaction`));
       return;
     }
+    this.completed(pending);
+    this.pump();
+  }
+
+  /** An epoch is committed on the secondary: its outputs may leave, and the first one of a session protects. */
+  private completed(pending: Pending): void {
+    const txn = pending.txn;
+    this.ackedTxnNow = txn;
     const latencyMs = this.clock() - pending.startMs;
     this.latencies.add(latencyMs);
     let released: unknown[] = [];
@@ -540,10 +684,19 @@ export class Primary extends EventEmitter {
       released: released.length,
       ...(this.verifyActive ? { digest: pending.digest } : {}),
     };
-    if (pending.full) this.stateNow = 'protected';
+    const first = this.stateNow === 'syncing';
+    if (first) this.stateNow = 'protected';
     this.emit('commit', commit);
-    if (pending.full) this.settleStart?.();
-    this.pump();
+    if (!first) return;
+    if (!this.everProtected) {
+      this.everProtected = true;
+      this.settleStart?.();
+      return;
+    }
+    // Protected again after a loss: a VM paused by the 'pause' policy runs again.
+    if (this.lossPolicy === 'pause') void this.onVm(() => (this.stateNow === 'protected' ? this.vm.resume() : undefined)).catch(() => {});
+    const reprotection: Reprotection = { txn, full: pending.full, fromTxn: this.sessionFrom.txn };
+    this.emit('reprotected', reprotection);
   }
 
   /** Starts a checkpoint if the controller says so; (re)arms the timer otherwise. */
@@ -551,50 +704,82 @@ export class Primary extends EventEmitter {
     if (this.stateNow !== 'syncing' && this.stateNow !== 'protected') return;
     if (this.capturing || !this.core.canBegin) return;
     const input = { nowMs: this.clock(), inFlight: this.core.inFlightCount, openOutputs: this.tap.openCount };
-    if (!this.firstDone || this.controller.shouldCapture(input)) {
+    if (this.needFull || this.controller.shouldCapture(input)) {
       void this.checkpoint();
       return;
     }
     const next = this.controller.nextCheckMs(input);
-    if (this.timer !== undefined) clearTimeout(this.timer);
-    this.timer = next === undefined ? undefined : setTimeout(() => this.pump(), Math.max(0, next - input.nowMs));
+    this.timers.clear(this.timer);
+    this.timer = next === undefined ? undefined : this.timers.setTimeout(() => this.pump(), Math.max(0, next - input.nowMs));
+  }
+
+  /** True while `core`'s session may send: it is the current one and it is syncing or protected. */
+  private live(core: SenderCore): boolean {
+    return this.core === core && (this.stateNow === 'syncing' || this.stateNow === 'protected');
+  }
+
+  /** The VM stays paused while a 'pause' policy waits for protection to come back. */
+  private holdsVmPaused(): boolean {
+    return this.stateNow === 'quiesced' || this.stateNow === 'paused' || (this.lossPolicy === 'pause' && this.everProtected && this.stateNow === 'syncing');
   }
 
   private async checkpoint(): Promise<void> {
     this.capturing = true;
-    const full = !this.firstDone;
-    this.firstDone = true;
+    const core = this.core;
+    const full = this.needFull;
+    this.needFull = false;
     const startMs = this.clock();
     this.controller.captureStarted(startMs);
     try {
-      const precopied = full && (await this.precopy());
-      if (precopied === undefined) return;
+      const precopied = full && (await this.precopy(core));
+      if (precopied === undefined) {
+        this.needFull = true;
+        return;
+      }
       const pauseStartMs = this.clock();
       await this.onVm(() => this.vm.pause());
-      let capture;
+      let capture: EpochCapture;
       let events;
+      const sealedTxn = core.captureTxn;
       try {
         capture = await this.onVm(() =>
           this.vm.capture(precopied ? { full: false, wholeDisks: true, digest: this.verifyActive } : { full, digest: this.verifyActive }),
         );
-        events = this.tap.seal(this.core.captureTxn);
+        events = this.tap.seal(sealedTxn);
       } finally {
         // The VM runs on unless a fault (quiesced) or a loss under 'pause' stopped it during the capture; closing
         // stops protection, not the guest.
-        await this.onVm(() => (this.stateNow === 'quiesced' || this.stateNow === 'paused' ? undefined : this.vm.resume()));
+        await this.onVm(() => (this.holdsVmPaused() ? undefined : this.vm.resume()));
       }
       const pauseMs = this.clock() - pauseStartMs;
       this.pauses.add(pauseMs);
-      if (this.stateNow !== 'syncing' && this.stateNow !== 'protected') {
-        // Lost, quiesced or closed during the capture: this epoch is never sent, its outputs go back (or were
-        // already discarded).
-        this.tap.unseal();
+      if (!this.live(core)) {
+        // Lost, quiesced or closed during the capture: this epoch is not sent on this session. Its outputs go back
+        // to the running epoch (or were already discarded); its changes are kept for the next session, since the
+        // VM's dirty tracking was reset by the capture.
+        this.tap.unseal(sealedTxn);
+        if (full) this.needFull = true;
+        else this.carry.push(capture);
         return;
       }
-      const out = precopied ? this.core.closeTransaction(capture, events) : this.core.encodeTransaction(capture, events, this.tap.releasedTxn);
+      if (full) this.carry = [];
+      const carried = !full && this.carry.length > 0;
+      const send = carried ? mergeCaptures([...this.carry, capture]) : capture;
+      this.carry = [];
+      const out = precopied ? core.closeTransaction(send, events) : core.encodeTransaction(send, events, this.tap.releasedTxn);
+      this.lastTxnNow = out.txn;
       this.epochs += 1;
       this.pagesSent += out.pageCount;
-      this.pending.push({ txn: out.txn, full: out.full, startMs, pauseMs, pages: out.pageCount, bytes: out.wireBytes, digest: out.stateDigest });
+      this.pending.push({
+        txn: out.txn,
+        full: out.full,
+        startMs,
+        pauseMs,
+        pages: out.pageCount,
+        bytes: out.wireBytes,
+        digest: out.stateDigest,
+        capture: out.full ? undefined : send,
+      });
       if (full && !precopied) this.fullSync = { txn: out.txn, sent: 0, total: out.wireBytes, closed: true };
       if (full && precopied && this.fullSync !== undefined) {
         this.fullSync.total = out.wireBytes;
@@ -611,6 +796,9 @@ export class Primary extends EventEmitter {
       this.emit('capture', captured);
       this.write(out.frames);
     } catch (error) {
+      // Whatever the capture took is gone: only a full sync is sure to bring the secondary back in step.
+      this.needFull = true;
+      this.carry = [];
       this.fail(error instanceof KemariError ? error : new KemariError('KEMARI_INVALID_ARGUMENT', 'the VM failed to capture an epoch', { cause: error }));
     } finally {
       this.capturing = false;
@@ -625,13 +813,13 @@ export class Primary extends EventEmitter {
    * pre-copied (the final capture then takes only dirty pages), false when the adapter cannot pre-copy or it is
    * turned off, undefined when the session ended meanwhile.
    */
-  private async precopy(): Promise<boolean | undefined> {
+  private async precopy(core: SenderCore): Promise<boolean | undefined> {
     const precopy = this.vm.precopy?.bind(this.vm);
     if (precopy === undefined || this.precopyRoundsMax === 0) return false;
     const pageCount = this.vm.memoryBytes / this.vm.pageBytes;
-    const begin = this.core.openTransaction(true, this.tap.releasedTxn);
+    const begin = core.openTransaction(true, this.tap.releasedTxn);
     // Progress counts from the BEGIN frame on, so the last event says bytesSent === bytesTotal.
-    this.fullSync = { txn: this.core.captureTxn, sent: 0, total: this.vm.memoryBytes, closed: false };
+    this.fullSync = { txn: core.captureTxn, sent: 0, total: this.vm.memoryBytes, closed: false };
     this.write(begin);
     let staged = 0;
     for (let round = 0; round < this.precopyRoundsMax; round++) {
@@ -641,11 +829,12 @@ export class Primary extends EventEmitter {
       for (let fromIndex: number | undefined = 0; fromIndex !== undefined; ) {
         const from: number = fromIndex;
         const chunk = await this.onVm(() => precopy({ all: round === 0, fromIndex: from, pagesMax: PRECOPY_CHUNK_PAGES }));
-        this.write(this.core.addPages(chunk.pages));
+        if (!this.live(core)) return undefined;
+        this.write(core.addPages(chunk.pages));
         roundPages += chunk.pages.length;
         fromIndex = chunk.nextIndex;
         await this.drained();
-        if (this.stateNow !== 'syncing') return undefined;
+        if (!this.live(core)) return undefined;
       }
       staged += roundPages;
       // Stop when little is left, or before the receiver's page budget (the final capture may add a full guest).
@@ -702,28 +891,78 @@ export class Primary extends EventEmitter {
   }
 
   /**
-   * The session is over (refused, lost): the VM is unprotected. What happens to outputs and the VM is the
-   * `onSecondaryLoss` policy's: held (default), the VM paused, or everything released and passed through.
+   * The session is over (refused, lost), or a reconnection attempt failed. Before the first full sync was acked,
+   * `start` fails. After it, the VM is unprotected: what happens to outputs and the VM is the `onSecondaryLoss`
+   * policy's (held, the VM paused, or everything released and passed through), and the primary reconnects.
    */
   private fail(error: KemariError): void {
-    if (this.stateNow === 'closed' || this.stateNow === 'quiesced' || this.stateNow === 'unprotected' || this.stateNow === 'paused') return;
+    if (this.stateNow === 'closed' || this.stateNow === 'quiesced') return;
+    const hadSession = this.sessionUp;
     const wasProtected = this.stateNow === 'protected';
     this.lastError = error;
-    this.stateNow = this.lossPolicy === 'pause' ? 'paused' : 'unprotected';
+    this.sessionUp = false;
     this.stopTimers();
     this.core.connectionLost();
     this.sendQueue.length = 0;
-    this.connection?.close(error);
+    this.fullSync = undefined;
+    // Forgotten before it is closed: its own 'close' event is then ignored.
+    const connection = this.connection;
     this.connection = undefined;
+    connection?.close(error);
     for (const resolve of this.drainWaiters.splice(0)) resolve();
-    this.emit('disconnect', error);
-    if (this.listenerCount('error') > 0) this.emit('error', error);
-    this.settleStart?.(error);
-    if (!wasProtected) return;
-    if (this.lossPolicy === 'pause') void this.onVm(() => this.vm.pause()).catch(() => {});
-    // Running unprotected releases output: only while this side may write, checked at every output (with an
-    // arbiter, while the lease is valid; without one, the policy is the caller's word that nobody else promotes).
-    if (this.lossPolicy === 'continue') this.tap.passThrough(() => this.mayRelease());
-    this.emit('unprotected', { error, policy: this.lossPolicy });
+    if (!this.everProtected) {
+      this.stateNow = this.lossPolicy === 'pause' ? 'paused' : 'unprotected';
+      this.emit('disconnect', error);
+      if (this.listenerCount('error') > 0) this.emit('error', error);
+      this.settleStart?.(error);
+      return;
+    }
+    if (hadSession) {
+      this.emit('disconnect', error);
+      if (this.listenerCount('error') > 0) this.emit('error', error);
+    }
+    if (this.stateNow === 'syncing' || this.stateNow === 'protected') {
+      this.stateNow = this.lossPolicy === 'pause' ? 'paused' : 'unprotected';
+      if (this.lossPolicy === 'pause') void this.onVm(() => this.vm.pause()).catch(() => {});
+      // Running unprotected releases output: only while this side may write, checked at every output (with an
+      // arbiter, while the lease is valid; without one, the policy is the caller's word that nobody else promotes).
+      if (this.lossPolicy === 'continue') this.tap.passThrough(() => this.mayRelease());
+      if (wasProtected) this.emit('unprotected', { error, policy: this.lossPolicy });
+    }
+    this.scheduleReconnect();
+  }
+
+  /** After a loss: tries to reach the secondary again in `reconnectDelayMs`, until closed or quiesced. */
+  private scheduleReconnect(): void {
+    if (this.reconnectDelayMs === 0 || this.reconnectTimer !== undefined) return;
+    if (this.stateNow !== 'unprotected' && this.stateNow !== 'paused') return;
+    this.reconnectTimer = this.timers.setTimeout(() => {
+      this.reconnectTimer = undefined;
+      void this.reconnect();
+    }, this.reconnectDelayMs);
+  }
+
+  private async reconnect(): Promise<void> {
+    let connection: Connection;
+    try {
+      connection = await this.connector(this.signal);
+    } catch (error) {
+      this.lastError = error instanceof KemariError ? error : new KemariError('KEMARI_CONNECT_FAILED', 'reconnecting failed', { cause: error });
+      this.scheduleReconnect();
+      return;
+    }
+    if ((this.stateNow !== 'unprotected' && this.stateNow !== 'paused') || this.connection !== undefined) {
+      connection.close();
+      return;
+    }
+    this.attach(connection);
+    this.write(this.core.start());
+    this.startHeartbeats();
+    // A secondary that accepts the connection but never answers HELLO must not hold up the next attempt.
+    this.helloTimer = this.timers.setTimeout(() => {
+      if (this.connection === connection && !this.sessionUp) {
+        connection.close(new KemariError('KEMARI_TIMEOUT', `the secondary did not answer HELLO within ${this.connectTimeoutMs} ms`));
+      }
+    }, this.connectTimeoutMs);
   }
 }

@@ -37,6 +37,9 @@ import { DEFAULT_BODY_BYTES_MAX } from '../wire/decoder.js';
 import { PROTOCOL_VERSION } from '../wire/header.js';
 import type { Hello } from '../wire/bodies/hello.js';
 import { isValidPageBytes } from '../wire/bodies/pages.js';
+import { realTimers } from '../time/timers.js';
+import type { TimerHandle, Timers } from '../time/timers.js';
+import type { JournalFs } from '../replica/journal-fs.js';
 
 /** Options of {@link Secondary.listen}. Give `host` and `port` for TCP (and TLS), or `path` for a unix socket. */
 export interface SecondaryOptions {
@@ -98,6 +101,15 @@ export interface SecondaryOptions {
   journalFsync?: boolean;
   /** Compact the journal into a snapshot after this many journaled bytes. Default 256 MiB. */
   snapshotEveryBytes?: number;
+  /** The journal's file system (injectable: the deterministic simulation gives a simulated disk). Default node:fs. */
+  journalFs?: JournalFs;
+  /**
+   * Accepts connections instead of listening on `host`/`port`/`path` (a custom transport; the deterministic
+   * simulation's network): call `onConnection` for each connection, resolve with something to close.
+   */
+  acceptor?: (onConnection: (connection: Connection) => void) => Promise<Pick<Listener, 'close'> & { port?: number }>;
+  /** The clock and timers (injectable: the deterministic simulation runs the secondary on virtual time). */
+  timers?: Timers;
   /** Closes the secondary when aborted. */
   signal?: AbortSignal;
 }
@@ -141,7 +153,7 @@ interface Session {
   connection: Connection;
   core: ReceiverCore;
   detector: FailureDetector;
-  timer: NodeJS.Timeout;
+  timer: TimerHandle;
   /** Transactions this session committed: a FAILOVER is honoured only from a session that replicated. */
   commits: number;
   /** With a journal, applies run one after another, asynchronously (append, sync, apply, ack). */
@@ -150,11 +162,12 @@ interface Session {
 
 export class Secondary extends EventEmitter {
   private readonly options: SecondaryOptions;
-  private listener: Listener | undefined;
+  private listener: (Pick<Listener, 'close'> & { port?: number }) | undefined;
+  private readonly timers: Timers;
   private session: Session | undefined;
   private replicaNow: Replica | undefined;
   private arena: StagingArena | undefined;
-  private takeoverTimer: NodeJS.Timeout | undefined;
+  private takeoverTimer: TimerHandle | undefined;
   private readonly connections = new Set<Connection>();
   private keeper: LeaseKeeper | undefined;
   private journal: Journal | undefined;
@@ -172,6 +185,7 @@ export class Secondary extends EventEmitter {
     super();
     this.options = options;
     this.sessionId = options.sessionId;
+    this.timers = options.timers ?? realTimers;
   }
 
   /** Starts listening for a primary. */
@@ -194,13 +208,16 @@ export class Secondary extends EventEmitter {
     if (options.journalDir !== undefined) await secondary.recoverJournal(options.journalDir);
     const endpoint =
       options.path !== undefined ? { path: options.path } : { host: options.host ?? '127.0.0.1', port: options.port ?? 0 };
-    secondary.listener = await listen(endpoint, (connection) => secondary.accept(connection), {
-      ...(options.tls === undefined ? {} : { tls: options.tls }),
-      onRefused: (error) => {
-        secondary.refused += 1;
-        secondary.report(error);
-      },
-    });
+    secondary.listener =
+      options.acceptor !== undefined
+        ? await options.acceptor((connection) => secondary.accept(connection))
+        : await listen(endpoint, (connection) => secondary.accept(connection), {
+            ...(options.tls === undefined ? {} : { tls: options.tls }),
+            onRefused: (error) => {
+              secondary.refused += 1;
+              secondary.report(error);
+            },
+          });
     if (options.signal !== undefined) {
       const signal = options.signal;
       secondary.abortListener = () => void secondary.close();
@@ -211,7 +228,7 @@ export class Secondary extends EventEmitter {
 
   /** Reopens the journal of a previous run, if the directory holds one: the replica comes back before any HELLO. */
   private async recoverJournal(dir: string): Promise<void> {
-    const identity = await Journal.identityOf(dir);
+    const identity = await Journal.identityOf(dir, this.options.journalFs);
     if (identity === undefined) return;
     if (this.options.sessionId !== undefined && identity.sessionId !== this.options.sessionId) {
       throw new KemariError('KEMARI_HELLO_MISMATCH', `journal ${dir} belongs to session ${identity.sessionId}, not ${this.options.sessionId}`);
@@ -229,6 +246,7 @@ export class Secondary extends EventEmitter {
       sessionId,
       geometry,
       fsync: this.options.journalFsync ?? true,
+      ...(this.options.journalFs === undefined ? {} : { fs: this.options.journalFs }),
       ...(this.options.snapshotEveryBytes === undefined ? {} : { snapshotEveryBytes: this.options.snapshotEveryBytes }),
     });
   }
@@ -353,10 +371,10 @@ export class Secondary extends EventEmitter {
       },
     });
     const intervalMs = this.options.heartbeat?.intervalMs ?? 100;
-    const detector = new FailureDetector({ intervalMs, missedMax: this.options.heartbeat?.missedMax ?? 5, nowMs: performance.now() });
-    const helloDeadlineMs = performance.now() + (this.options.helloTimeoutMs ?? 5000);
-    const timer = setInterval(() => {
-      const nowMs = performance.now();
+    const detector = new FailureDetector({ intervalMs, missedMax: this.options.heartbeat?.missedMax ?? 5, nowMs: this.timers.now() });
+    const helloDeadlineMs = this.timers.now() + (this.options.helloTimeoutMs ?? 5000);
+    const timer = this.timers.setInterval(() => {
+      const nowMs = this.timers.now();
       detector.ticked(nowMs);
       if (this.session !== pending) {
         // Not (or no longer) the session: it has until the HELLO deadline to become one.
@@ -375,17 +393,16 @@ export class Secondary extends EventEmitter {
       // while the connection is backed up (the primary is not reading; piling up heartbeats would not help).
       if (connection.bufferedBytes < 64 * 1024) connection.write(this.heartbeatFrame());
     }, intervalMs);
-    timer.unref();
     pending.core = core;
     pending.detector = detector;
     pending.timer = timer;
     this.connections.add(connection);
     connection.on('data', (chunk) => {
-      detector.heardOnLink(performance.now());
+      detector.heardOnLink(this.timers.now());
       this.act(pending, core.receive(chunk));
     });
     connection.on('close', (error) => {
-      clearInterval(timer);
+      this.timers.clear(timer);
       this.connections.delete(connection);
       this.act(pending, core.connectionLost());
       if (this.session === pending) {
@@ -469,7 +486,7 @@ export class Secondary extends EventEmitter {
           session.connection.write([action.frame.header, ...action.frame.body]);
           break;
         case 'session':
-          session.detector.heardOnLink(performance.now());
+          session.detector.heardOnLink(this.timers.now());
           this.emit('session', action.hello);
           break;
         case 'apply': {
@@ -534,7 +551,7 @@ export class Secondary extends EventEmitter {
     if (arbiter === undefined || this.options.autoPromote === false || this.takeoverTimer !== undefined) return;
     if (this.stateNow !== 'listening' || !(this.replicaNow?.hasCommittedEpoch ?? false)) return;
     const ttlMs = this.options.leaseTtlMs ?? 3000;
-    this.keeper ??= new LeaseKeeper(arbiter, this.options.sessionId!, this.options.holder ?? `secondary:${hostname()}:${process.pid}`, ttlMs, () => performance.now());
+    this.keeper ??= new LeaseKeeper(arbiter, this.options.sessionId!, this.options.holder ?? `secondary:${hostname()}:${process.pid}`, ttlMs, this.timers);
     const keeper = this.keeper;
     let trying = false;
     const attempt = (): void => {
@@ -554,13 +571,12 @@ export class Secondary extends EventEmitter {
         },
       );
     };
-    this.takeoverTimer = setInterval(attempt, Math.max(1, Math.floor(ttlMs / 2)));
-    this.takeoverTimer.unref();
+    this.takeoverTimer = this.timers.setInterval(attempt, Math.max(1, Math.floor(ttlMs / 2)));
     attempt();
   }
 
   private stopTakeover(): void {
-    if (this.takeoverTimer !== undefined) clearInterval(this.takeoverTimer);
+    this.timers.clear(this.takeoverTimer);
     this.takeoverTimer = undefined;
   }
 
@@ -593,17 +609,23 @@ export class Secondary extends EventEmitter {
       }
       await this.journal.append(staged);
     } catch (error) {
+      if (this.replicaNow === undefined) return; // closed meanwhile
       const e = error instanceof KemariError ? error : new KemariError('KEMARI_JOURNAL_IO', 'journaling failed', { cause: error });
       this.report(e);
       this.act(session, session.core.applyFailed(staged.txn, e));
       return;
     }
+    // Journaled: applied now even if the session ended meanwhile, so the replica never lags its own journal (the
+    // ack goes out only on a live session). A closed secondary has neither any more.
+    const replicaNow = this.replicaNow;
+    const journal = this.journal;
+    if (replicaNow === undefined || journal === undefined) return;
     let digest: Uint8Array;
     try {
-      digest = this.replicaNow!.apply(staged, { verify: this.verifyActive });
+      digest = replicaNow.apply(staged, { verify: this.verifyActive });
     } catch (error) {
       const e = error instanceof KemariError ? error : new KemariError('KEMARI_BAD_BODY', 'the transaction could not be applied', { cause: error });
-      await this.journal.abandon(staged.txn).catch((abandonError: unknown) => this.report(abandonError as KemariError));
+      await journal.abandon(staged.txn).catch((abandonError: unknown) => this.report(abandonError as KemariError));
       this.report(e);
       this.act(session, session.core.applyFailed(staged.txn, e));
       return;
@@ -626,7 +648,7 @@ export class Secondary extends EventEmitter {
     const session = this.session;
     if (session === undefined) return;
     this.session = undefined;
-    clearInterval(session.timer);
+    this.timers.clear(session.timer);
     if (this.stateNow === 'replicating') this.stateNow = 'listening';
     const actions = session.core.shutdown(error);
     for (const action of actions) if (action.type === 'send') session.connection.write([action.frame.header, ...action.frame.body]);

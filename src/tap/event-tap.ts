@@ -149,14 +149,31 @@ export class EventTap extends EventEmitter {
   }
 
   /**
-   * Returns the outputs of sealed, unreleased epochs to the running epoch (their transaction was lost with its
-   * connection and will not be acked): they will go out again in the next transaction.
+   * Returns the outputs of the sealed, unreleased epochs from `fromTxn` on (default: all of them) to the running
+   * epoch: their transaction was lost with its connection and will not be acked, so they go out again, in order,
+   * in the next transaction.
    */
-  unseal(): void {
-    const back: Held[] = [];
-    for (const epoch of this.sealed) back.push(...epoch.held);
+  unseal(fromTxn = 0): void {
+    const keep = this.sealed.filter((epoch) => epoch.txn < fromTxn);
+    const back = this.sealed.filter((epoch) => epoch.txn >= fromTxn).flatMap((epoch) => epoch.held);
     this.sealed.length = 0;
+    this.sealed.push(...keep);
     this.open = [...back, ...this.open];
+  }
+
+  /**
+   * A new session numbers its epochs from `txn` on (a secondary that restarted without its history): with nothing
+   * sealed any more, the next epoch sealed may be `txn + 1` even if older numbers were released before.
+   */
+  rebase(txn: number): void {
+    if (this.sealed.length > 0) throw new KemariError('KEMARI_INVALID_ARGUMENT', 'rebase() with sealed epochs: unseal them first');
+    this.releasedThrough = txn;
+  }
+
+  /** Protected again: outputs are tied to epochs and held until their ack once more (ends {@link passThrough}). */
+  endPassThrough(): void {
+    this.passing = false;
+    this.gate = () => true;
   }
 
   /** The secondary acked `txn`: releases the outputs of every epoch up to it, in order. */

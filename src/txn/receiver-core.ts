@@ -200,6 +200,9 @@ export class ReceiverCore {
         throw error instanceof KemariError ? error : new KemariError('KEMARI_HELLO_MISMATCH', 'the session cannot be accepted', { cause: error });
       }
       this.pagesMax = STAGED_PAGES_PER_GUEST_PAGE * Math.ceil(reply.memoryBytes / reply.pageBytes);
+      // The session continues from the epoch the reply names (it may have moved since this core was made).
+      this.lastTxn = reply.committedTxn;
+      this.appliedTxn = reply.committedTxn;
       this.actions.push({ type: 'send', frame: encodeFrame({ type: FrameType.HELLO, txn: 0, seq: 0, body: reply }) });
       this.actions.push({ type: 'session', hello: frame.body });
       this.state = 'ready';

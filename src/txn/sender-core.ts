@@ -154,7 +154,7 @@ export class SenderCore {
    */
   openTransaction(full: boolean, releasedTxn: number): EncodedFrame[] {
     if (!this.canBegin) throw new KemariError('KEMARI_PROTOCOL', `cannot begin a transaction (state ${this.state}, ${this.inFlight.length} in flight)`);
-    if (this.lastTxn === this.sessionBase && !full) {
+    if (this.lastTxn === this.sessionBase && !full && !this.resuming) {
       throw new KemariError('KEMARI_PROTOCOL', 'the first transaction of a session must be a full sync');
     }
     const txn = this.lastTxn + 1;
@@ -220,6 +220,20 @@ export class SenderCore {
   }
 
   private sessionBase = 0;
+  private resuming = false;
+
+  /**
+   * The driver holds every change since the peer's committed epoch (the epochs after it, captured but never
+   * committed there, are merged into the next capture): the session may start with an incremental transaction
+   * on the peer's replica instead of a full sync. Only after the `session` event, and only when the peer holds
+   * an epoch.
+   */
+  resumeIncremental(): void {
+    if (this.state !== 'ready' || this.lastTxn !== this.sessionBase || this.sessionBase === 0) {
+      throw new KemariError('KEMARI_PROTOCOL', 'an incremental resume needs a fresh session on a peer that holds an epoch');
+    }
+    this.resuming = true;
+  }
 
   private onFrame(frame: DecodedFrame, events: SenderEvent[]): void {
     if (this.state === 'closed') return;
