@@ -96,6 +96,11 @@ export interface PrimaryOptions {
    * sync is acked, so this is how a caller sees its progress.
    */
   onProgress?: (progress: SyncProgress) => void;
+  /**
+   * Called as each epoch is captured (also emitted as 'capture'): the first full sync is captured inside `start`,
+   * before a caller could listen, so this is how a caller sees every epoch (and its digest, with `verify`).
+   */
+  onCapture?: (capture: PrimaryCapture) => void;
   /** Heartbeats: sent every `intervalMs` (default 100); the secondary is lost after `missedMax` (default 5) silent intervals. */
   heartbeat?: { intervalMs?: number; missedMax?: number };
   /**
@@ -308,6 +313,7 @@ export class Primary extends EventEmitter {
     this.connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
     this.reconnectDelayMs = options.reconnectDelayMs ?? 1000;
     if (options.onProgress !== undefined) this.on('progress', options.onProgress);
+    if (options.onCapture !== undefined) this.on('capture', options.onCapture);
     this.precopyRoundsMax = options.precopyRoundsMax ?? 4;
     this.precopyStopPages = options.precopyStopPages ?? 64;
     this.lossPolicy = options.onSecondaryLoss ?? 'hold';

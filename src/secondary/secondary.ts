@@ -178,6 +178,8 @@ export class Secondary extends EventEmitter {
   private bytesApplied = 0;
   private pagesApplied = 0;
   private refused = 0;
+  /** Transactions handed to the journal and not yet applied (or refused). */
+  private journaling = 0;
   private lastError: KemariError | undefined;
   private abortListener: (() => void) | undefined;
 
@@ -308,6 +310,7 @@ export class Secondary extends EventEmitter {
     this.stateNow = 'promoted';
     this.stopTakeover();
     this.endSession(new KemariError('KEMARI_CLOSED', 'the secondary was promoted'));
+    for (const connection of this.connections) connection.close(new KemariError('KEMARI_CLOSED', 'the secondary was promoted'));
     await this.listener?.close();
     this.listener = undefined;
     const snapshot: ReplicaSnapshot = replica.snapshot();
@@ -418,6 +421,13 @@ export class Secondary extends EventEmitter {
     const mismatch = (message: string, details: Record<string, unknown> = {}): never => {
       throw new KemariError('KEMARI_HELLO_MISMATCH', message, { details });
     };
+    // A connection accepted before a promotion (or a close) may say HELLO after it: it is never served.
+    if (this.stateNow !== 'listening' && this.stateNow !== 'replicating') {
+      throw new KemariError('KEMARI_CLOSED', `the secondary is ${this.stateNow} and serves no primary`);
+    }
+    // The last transactions of an ended session may still be on their way to the journal: the epoch this replica
+    // holds is known only once they are applied, so a new session waits (the primary retries).
+    if (this.journaling > 0) throw new KemariError('KEMARI_BUSY', 'the previous session is still journaling its last transaction');
     if (PROTOCOL_VERSION < hello.versionMin || PROTOCOL_VERSION > hello.versionMax) {
       mismatch(`protocol versions ${hello.versionMin}..${hello.versionMax} exclude ${PROTOCOL_VERSION}`);
     }
@@ -492,7 +502,8 @@ export class Secondary extends EventEmitter {
         case 'apply': {
           if (this.options.journalDir !== undefined) {
             const staged = action.txn;
-            session.chain = session.chain.then(() => this.applyDurably(session, staged));
+            this.journaling += 1;
+            session.chain = session.chain.then(() => this.applyDurably(session, staged)).finally(() => (this.journaling -= 1));
             break;
           }
           const replica = this.replicaNow!;
