@@ -7,7 +7,8 @@
  *    following no snapshot; a snapshot and a journal following it or an older one. Anything else (a snapshot
  *    without a journal, a journal following a snapshot that is missing or older than it names) is
  *    KEMARI_JOURNAL_CORRUPT.
- * 3. The records are scanned (journal-file.ts): a torn tail is cut off, the file truncated and synced;
+ * 3. The records are scanned (journal-file.ts): a torn tail is cut off, and the file is synced either way (what was
+ *    read may sit only in the page cache of a process that died before its fdatasync);
  *    damage followed by good records is KEMARI_JOURNAL_CORRUPT.
  * 4. The replica is built from the snapshot (or empty), then every record newer than the snapshot is applied in
  *    order with `apply(staged, { verify: false })`, one record in memory at a time.
@@ -109,10 +110,10 @@ async function attempt(ctx: JournalContext, mayRefuse: boolean): Promise<Attempt
       });
     }
     const scan = await scanRecords(journalFile, { path: ctx.journalPath, head, fileBytes, firstTxn: head.baseTxn + 1, recordBytesMax: ctx.recordBytesMax });
-    if (scan.tornBytes > 0) {
-      await journalFile.truncate(scan.goodEnd);
-      await syncData(ctx, journalFile);
-    }
+    if (scan.tornBytes > 0) await journalFile.truncate(scan.goodEnd);
+    // What was read may sit only in the page cache (the previous process died between write and fdatasync): sync
+    // it before its epochs are reported as committed, or a power loss now could take back what a primary was told.
+    await syncData(ctx, journalFile);
     const replica =
       snapshotFile !== undefined && snapshotHead !== undefined
         ? await loadSnapshot(snapshotFile, snapshotHead, ctx.snapshotPath, ctx.newReplica)

@@ -19,6 +19,7 @@ export interface CampaignTotals {
 export const REGRESSION_SEEDS: readonly number[] = [
   910, // a connection accepted before a promotion said HELLO after it: the secondary promoted twice
   1112, // a new session began while the last transaction of the previous one was still being journaled
+  1783, // a restart recovered a record only in the page cache, reported it committed, then lost it to power loss
 ];
 
 /** Runs `seeds` in order; rejects with the first invariant violation (its message names the seed). */
