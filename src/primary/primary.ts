@@ -44,6 +44,7 @@ import type { SenderEvent } from '../txn/sender-core.js';
 import type { VmAdapter } from '../vm/adapter.js';
 import type { EncodedFrame } from '../wire/encoder.js';
 import { DEFAULT_BODY_BYTES_MAX } from '../wire/decoder.js';
+import { HeartbeatLink } from '../failover/heartbeat-link.js';
 import type { Hello } from '../wire/bodies/hello.js';
 import type { EpochCapture } from '../vm/adapter.js';
 import { mergeCaptures } from '../vm/merge-captures.js';
@@ -103,6 +104,12 @@ export interface PrimaryOptions {
   onCapture?: (capture: PrimaryCapture) => void;
   /** Heartbeats: sent every `intervalMs` (default 100); the secondary is lost after `missedMax` (default 5) silent intervals. */
   heartbeat?: { intervalMs?: number; missedMax?: number };
+  /**
+   * A second, independent heartbeat path to the secondary (its `heartbeatPath` listener, ideally over another
+   * network): with it, a quiet replication link while the secondary is heard here is reported as a broken link
+   * (`details.verdict: 'link-down'`), not a dead secondary. Give an endpoint or a connector.
+   */
+  heartbeatPath?: Endpoint | { connector: (signal?: AbortSignal) => Promise<Connection> };
   /**
    * What to do when the secondary is lost (silent, or its connection broke):
    * - `'hold'` (default): the VM runs; outputs stay held (never released without an ack); the tap fills and
@@ -293,6 +300,9 @@ export class Primary extends EventEmitter {
   private readonly precopyStopPages: number;
   private readonly abortListener: (() => void) | undefined;
   private readonly signal: AbortSignal | undefined;
+  private readonly heartbeatConnector: ((signal?: AbortSignal) => Promise<Connection>) | undefined;
+  private heartbeatLink: HeartbeatLink | undefined;
+  private heartbeatPathTimer: TimerHandle | undefined;
 
   private constructor(options: PrimaryOptions, connection: Connection, keeper: LeaseKeeper | undefined) {
     super();
@@ -320,8 +330,16 @@ export class Primary extends EventEmitter {
     this.detector = new FailureDetector({
       intervalMs: options.heartbeat?.intervalMs ?? 100,
       missedMax: options.heartbeat?.missedMax ?? 5,
+      secondPath: options.heartbeatPath !== undefined,
       nowMs: this.clock(),
     });
+    const path = options.heartbeatPath;
+    this.heartbeatConnector =
+      path === undefined
+        ? undefined
+        : 'connector' in path
+          ? path.connector
+          : (signal) => connect(path, { ...(options.tls === undefined ? {} : { tls: options.tls }), ...(signal === undefined ? {} : { signal }), timeoutMs: this.connectTimeoutMs });
     this.tap.on('output', () => this.pump());
     this.tap.on('release', (output: ReleasedOutput) => this.emit('release', output));
     this.attach(connection);
@@ -399,6 +417,7 @@ export class Primary extends EventEmitter {
       await keeper?.release();
       throw error;
     }
+    primary.openHeartbeatPath();
     keeper?.start(
       () => primary.releaseDeferred(),
       (error) => void primary.reportFault({ source: 'arbiter', severity: 'fatal', detail: error.message }),
@@ -477,6 +496,7 @@ export class Primary extends EventEmitter {
     const previous = this.stateNow;
     this.stateNow = 'quiesced';
     this.stopTimers();
+    this.closeHeartbeatPath();
     const error = new KemariError('KEMARI_QUIESCED', `the primary quiesced after a fatal fault from ${fault.source}${fault.detail === undefined ? '' : `: ${fault.detail}`}`, {
       details: { source: fault.source, ackedTxn: this.ackedTxnNow },
     });
@@ -527,6 +547,7 @@ export class Primary extends EventEmitter {
     if (this.stateNow === 'closed') return;
     this.stateNow = 'closed';
     this.stopTimers();
+    this.closeHeartbeatPath();
     void this.keeper?.release();
     if (this.abortListener !== undefined) this.signal?.removeEventListener('abort', this.abortListener);
     this.tap.discard(error ?? new KemariError('KEMARI_CLOSED', 'the primary was closed'));
@@ -551,6 +572,34 @@ export class Primary extends EventEmitter {
     });
   }
 
+  /** Opens the second heartbeat path, and opens it again whenever it breaks, until closed or quiesced. */
+  private openHeartbeatPath(): void {
+    const connector = this.heartbeatConnector;
+    if (connector === undefined || this.stateNow === 'closed' || this.stateNow === 'quiesced') return;
+    const retry = (): void => {
+      this.heartbeatLink = undefined;
+      if (this.stateNow === 'closed' || this.stateNow === 'quiesced' || this.heartbeatPathTimer !== undefined) return;
+      this.heartbeatPathTimer = this.timers.setTimeout(() => {
+        this.heartbeatPathTimer = undefined;
+        this.openHeartbeatPath();
+      }, this.detector.intervalMs);
+    };
+    connector(this.signal).then(
+      (connection) => {
+        if (this.stateNow === 'closed' || this.stateNow === 'quiesced') return void connection.close();
+        connection.on('close', retry);
+        this.heartbeatLink = new HeartbeatLink(connection, {
+          hello: this.hello,
+          intervalMs: this.detector.intervalMs,
+          timers: this.timers,
+          onHeard: () => this.detector.heardOnSecondPath(this.clock()),
+          state: () => ({ committedTxn: this.ackedTxnNow, state: this.stateNow === 'protected' ? PeerState.PROTECTED : PeerState.UNPROTECTED }),
+        });
+      },
+      retry,
+    );
+  }
+
   private startHeartbeats(): void {
     this.timers.clear(this.heartbeatTimer);
     this.heartbeatTimer = this.timers.setInterval(() => this.onHeartbeatTick(), this.detector.intervalMs);
@@ -564,8 +613,13 @@ export class Primary extends EventEmitter {
     // Until the session is established the connect and HELLO path governs (a large standby allocates its replica
     // before it answers); liveness is judged from then on.
     if (!this.sessionUp) return;
-    if (this.detector.verdict(nowMs) === 'dead') {
-      this.fail(new KemariError('KEMARI_PEER_LOST', `the secondary was silent for ${this.detector.timeoutMs} ms`, { details: { timeoutMs: this.detector.timeoutMs } }));
+    const verdict = this.detector.verdict(nowMs);
+    if (verdict !== 'alive') {
+      const message =
+        verdict === 'dead'
+          ? `the secondary was silent for ${this.detector.timeoutMs} ms`
+          : `the replication link was silent for ${this.detector.timeoutMs} ms while the secondary is heard on the heartbeat path`;
+      this.fail(new KemariError('KEMARI_PEER_LOST', message, { details: { timeoutMs: this.detector.timeoutMs, verdict } }));
       return;
     }
     if (this.detector.heartbeatDue(nowMs) && this.sendQueue.length === 0) {
@@ -579,6 +633,13 @@ export class Primary extends EventEmitter {
         }),
       ]);
     }
+  }
+
+  private closeHeartbeatPath(): void {
+    this.timers.clear(this.heartbeatPathTimer);
+    this.heartbeatPathTimer = undefined;
+    this.heartbeatLink?.close();
+    this.heartbeatLink = undefined;
   }
 
   private stopTimers(): void {

@@ -9,7 +9,8 @@
  * Events: 'session' (the primary's Hello), 'commit' ({@link SecondaryCommit}), 'aborted' ({ txn, reason }),
  * 'disconnect' (KemariError | undefined), 'heartbeat', 'failover' (the primary handed over), 'promoted'
  * ({@link Promotion}, after an automatic promotion), 'recovered' (what a journal restart recovered), 'primaryLost' (KemariError: the primary went silent; the
- * session is ended, the replica kept), 'error' (KemariError; emitted only when listened to, and always recorded in
+ * session is ended, the replica kept), 'linkDown' (KemariError: the replication link went silent while the primary
+ * is heard on the second heartbeat path; the session is ended, no takeover), 'error' (KemariError; emitted only when listened to, and always recorded in
  * `stats().lastError`).
  */
 import { EventEmitter } from 'node:events';
@@ -33,16 +34,18 @@ import { PeerState } from '../wire/bodies/heartbeat.js';
 import { StagingArena } from '../txn/staging-arena.js';
 import type { ReceiverAction } from '../txn/receiver-core.js';
 import { SimulatedVm } from '../vm/simulated-vm.js';
+import type { VmAdapter } from '../vm/adapter.js';
 import { DEFAULT_BODY_BYTES_MAX } from '../wire/decoder.js';
 import { PROTOCOL_VERSION } from '../wire/header.js';
 import type { Hello } from '../wire/bodies/hello.js';
 import { isValidPageBytes } from '../wire/bodies/pages.js';
+import { HeartbeatLink } from '../failover/heartbeat-link.js';
 import { realTimers } from '../time/timers.js';
 import type { TimerHandle, Timers } from '../time/timers.js';
 import type { JournalFs } from '../replica/journal-fs.js';
 
 /** Options of {@link Secondary.listen}. Give `host` and `port` for TCP (and TLS), or `path` for a unix socket. */
-export interface SecondaryOptions {
+export interface SecondaryOptions<V extends VmAdapter = SimulatedVm> {
   host?: string;
   port?: number;
   path?: string;
@@ -110,6 +113,17 @@ export interface SecondaryOptions {
   acceptor?: (onConnection: (connection: Connection) => void) => Promise<Pick<Listener, 'close'> & { port?: number }>;
   /** The clock and timers (injectable: the deterministic simulation runs the secondary on virtual time). */
   timers?: Timers;
+  /**
+   * Listen here for the primary's second heartbeat path (ideally on another network than the replication link):
+   * while the primary is heard on it, a quiet replication link is a broken link ('linkDown'), not a dead primary,
+   * and no takeover is attempted. Give `host`/`port` or `path`, or an acceptor.
+   */
+  heartbeatPath?: { host?: string; port?: number; path?: string } | { acceptor: NonNullable<SecondaryOptions['acceptor']> };
+  /**
+   * Turns the committed replica into a running VM on promotion (a standby QEMU, say). Default: a SimulatedVm
+   * restored from the snapshot. A restore that fails leaves the secondary promoted, with the error thrown.
+   */
+  restoreVm?: (snapshot: ReplicaSnapshot) => V | Promise<V>;
   /** Closes the secondary when aborted. */
   signal?: AbortSignal;
 }
@@ -125,9 +139,9 @@ export interface SecondaryCommit {
 }
 
 /** What promotion hands back. */
-export interface Promotion {
+export interface Promotion<V extends VmAdapter = SimulatedVm> {
   /** The VM restored from the last committed epoch, ready to run. */
-  vm: SimulatedVm;
+  vm: V;
   /** The epoch it was restored from. */
   txn: number;
   /** Outputs of committed epochs the primary may not have released, in order: replay them. */
@@ -160,8 +174,8 @@ interface Session {
   chain: Promise<void>;
 }
 
-export class Secondary extends EventEmitter {
-  private readonly options: SecondaryOptions;
+export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
+  private readonly options: SecondaryOptions<V>;
   private listener: (Pick<Listener, 'close'> & { port?: number }) | undefined;
   private readonly timers: Timers;
   private session: Session | undefined;
@@ -178,12 +192,16 @@ export class Secondary extends EventEmitter {
   private bytesApplied = 0;
   private pagesApplied = 0;
   private refused = 0;
+  private heartbeatListener: (Pick<Listener, 'close'> & { port?: number }) | undefined;
+  private readonly heartbeatLinks = new Set<HeartbeatLink>();
+  /** When the primary was last heard on the second heartbeat path. */
+  private heardOnPathMs = Number.NEGATIVE_INFINITY;
   /** Transactions handed to the journal and not yet applied (or refused). */
   private journaling = 0;
   private lastError: KemariError | undefined;
   private abortListener: (() => void) | undefined;
 
-  private constructor(options: SecondaryOptions) {
+  private constructor(options: SecondaryOptions<V>) {
     super();
     this.options = options;
     this.sessionId = options.sessionId;
@@ -191,7 +209,7 @@ export class Secondary extends EventEmitter {
   }
 
   /** Starts listening for a primary. */
-  static async listen(options: SecondaryOptions = {}): Promise<Secondary> {
+  static async listen<V extends VmAdapter = SimulatedVm>(options: SecondaryOptions<V> = {}): Promise<Secondary<V>> {
     if (options.signal?.aborted) throw new KemariError('KEMARI_ABORTED', 'aborted before listen', { cause: options.signal.reason });
     const staging = options.stagingBytes;
     if (staging !== undefined && (!Number.isSafeInteger(staging) || staging < 0)) {
@@ -206,7 +224,7 @@ export class Secondary extends EventEmitter {
     if (options.arbiter !== undefined && options.sessionId === undefined) {
       throw new KemariError('KEMARI_INVALID_ARGUMENT', 'an arbiter needs an explicit sessionId (both sides name the same lease)');
     }
-    const secondary = new Secondary(options);
+    const secondary = new Secondary<V>(options);
     if (options.journalDir !== undefined) await secondary.recoverJournal(options.journalDir);
     const endpoint =
       options.path !== undefined ? { path: options.path } : { host: options.host ?? '127.0.0.1', port: options.port ?? 0 };
@@ -220,6 +238,14 @@ export class Secondary extends EventEmitter {
               secondary.report(error);
             },
           });
+    if (options.heartbeatPath !== undefined) {
+      try {
+        await secondary.listenHeartbeatPath(options.heartbeatPath);
+      } catch (error) {
+        await secondary.close();
+        throw error;
+      }
+    }
     if (options.signal !== undefined) {
       const signal = options.signal;
       secondary.abortListener = () => void secondary.close();
@@ -257,6 +283,47 @@ export class Secondary extends EventEmitter {
     const diskBytes = geometry.disks.reduce((n, d) => n + d.bytes, 0);
     const stagingBytes = this.options.stagingBytes ?? Math.min(this.options.txnBytesMax ?? 1 << 30, geometry.memoryBytes + diskBytes + (2 << 20));
     return stagingBytes > 0 ? new StagingArena(stagingBytes) : undefined;
+  }
+
+  private async listenHeartbeatPath(where: NonNullable<SecondaryOptions<V>['heartbeatPath']>): Promise<void> {
+    const accept = (connection: Connection): void => {
+      if (this.stateNow === 'closed' || this.stateNow === 'promoted' || this.heartbeatLinks.size >= (this.options.connectionsMax ?? 8)) {
+        connection.close(new KemariError('KEMARI_BUSY', 'no heartbeat path is served now'));
+        return;
+      }
+      const intervalMs = this.options.heartbeat?.intervalMs ?? 100;
+      const link = new HeartbeatLink(connection, {
+        expectSessionId: () => this.sessionId,
+        intervalMs,
+        timers: this.timers,
+        onHeard: () => {
+          const nowMs = this.timers.now();
+          this.heardOnPathMs = nowMs;
+          this.session?.detector.heardOnSecondPath(nowMs);
+        },
+        state: () => ({ committedTxn: this.committedTxn, state: PeerState.STANDBY }),
+      });
+      this.heartbeatLinks.add(link);
+      connection.on('close', () => this.heartbeatLinks.delete(link));
+    };
+    this.heartbeatListener =
+      'acceptor' in where
+        ? await where.acceptor(accept)
+        : await listen(where.path !== undefined ? { path: where.path } : { host: where.host ?? '127.0.0.1', port: where.port ?? 0 }, accept, {
+            ...(this.options.tls === undefined ? {} : { tls: this.options.tls }),
+          });
+  }
+
+  /** The TCP port of the heartbeat path listener (0 when none, or a unix socket). */
+  get heartbeatPort(): number {
+    return this.heartbeatListener?.port ?? 0;
+  }
+
+  /** True while the primary is heard on the second heartbeat path. */
+  private primaryHeardOnPath(): boolean {
+    const heartbeat = this.options.heartbeat;
+    const timeoutMs = (heartbeat?.intervalMs ?? 100) * (heartbeat?.missedMax ?? 5);
+    return this.timers.now() - this.heardOnPathMs < timeoutMs;
   }
 
   /** The TCP port listened on (0 for unix sockets). */
@@ -299,7 +366,7 @@ export class Secondary extends EventEmitter {
    * and returns a VM restored from the last committed epoch with the outputs to replay. Throws KEMARI_NO_REPLICA
    * when no epoch was ever committed.
    */
-  async promote(): Promise<Promotion> {
+  async promote(): Promise<Promotion<V>> {
     if (this.stateNow === 'closed' || this.stateNow === 'promoted') {
       throw new KemariError('KEMARI_CLOSED', `cannot promote a secondary that is ${this.stateNow}`);
     }
@@ -311,10 +378,13 @@ export class Secondary extends EventEmitter {
     this.stopTakeover();
     this.endSession(new KemariError('KEMARI_CLOSED', 'the secondary was promoted'));
     for (const connection of this.connections) connection.close(new KemariError('KEMARI_CLOSED', 'the secondary was promoted'));
+    for (const link of this.heartbeatLinks) link.close();
+    await this.heartbeatListener?.close();
+    this.heartbeatListener = undefined;
     await this.listener?.close();
     this.listener = undefined;
     const snapshot: ReplicaSnapshot = replica.snapshot();
-    const vm = SimulatedVm.restore(snapshot);
+    const vm = this.options.restoreVm !== undefined ? await this.options.restoreVm(snapshot) : (SimulatedVm.restore(snapshot) as unknown as V);
     const lease = this.keeper?.current;
     this.keeper?.stop();
     return { vm, txn: snapshot.txn, replay: [...replica.pendingEvents], ...(lease === undefined ? {} : { lease }) };
@@ -328,6 +398,10 @@ export class Secondary extends EventEmitter {
     if (this.abortListener !== undefined) this.options.signal?.removeEventListener('abort', this.abortListener);
     this.endSession(new KemariError('KEMARI_CLOSED', 'the secondary was closed'));
     for (const connection of this.connections) connection.close(new KemariError('KEMARI_CLOSED', 'the secondary was closed'));
+    for (const link of this.heartbeatLinks) link.close();
+    const heartbeatListener = this.heartbeatListener;
+    this.heartbeatListener = undefined;
+    await heartbeatListener?.close();
     this.replicaNow = undefined;
     this.arena = undefined;
     const journal = this.journal;
@@ -374,7 +448,12 @@ export class Secondary extends EventEmitter {
       },
     });
     const intervalMs = this.options.heartbeat?.intervalMs ?? 100;
-    const detector = new FailureDetector({ intervalMs, missedMax: this.options.heartbeat?.missedMax ?? 5, nowMs: this.timers.now() });
+    const detector = new FailureDetector({
+      intervalMs,
+      missedMax: this.options.heartbeat?.missedMax ?? 5,
+      secondPath: this.options.heartbeatPath !== undefined,
+      nowMs: this.timers.now(),
+    });
     const helloDeadlineMs = this.timers.now() + (this.options.helloTimeoutMs ?? 5000);
     const timer = this.timers.setInterval(() => {
       const nowMs = this.timers.now();
@@ -384,10 +463,16 @@ export class Secondary extends EventEmitter {
         if (nowMs >= helloDeadlineMs) connection.close(new KemariError('KEMARI_PROTOCOL', 'no HELLO in time'));
         return;
       }
-      if (detector.verdict(nowMs) === 'dead') {
-        const error = new KemariError('KEMARI_PEER_LOST', `the primary was silent for ${detector.timeoutMs} ms`, { details: { timeoutMs: detector.timeoutMs } });
+      const verdict = detector.verdict(nowMs);
+      if (verdict !== 'alive') {
+        const dead = verdict === 'dead';
+        const error = new KemariError(
+          'KEMARI_PEER_LOST',
+          dead ? `the primary was silent for ${detector.timeoutMs} ms` : `the replication link was silent for ${detector.timeoutMs} ms; the primary is heard on the heartbeat path`,
+          { details: { timeoutMs: detector.timeoutMs, verdict } },
+        );
         this.report(error);
-        this.emit('primaryLost', error);
+        this.emit(dead ? 'primaryLost' : 'linkDown', error);
         this.endSession(error);
         this.startTakeover();
         return;
@@ -567,6 +652,8 @@ export class Secondary extends EventEmitter {
     let trying = false;
     const attempt = (): void => {
       if (trying || this.stateNow !== 'listening' || this.session !== undefined) return;
+      // A primary heard on the second heartbeat path is alive behind a broken link: it is not taken over.
+      if (this.primaryHeardOnPath()) return;
       trying = true;
       keeper.acquire().then(
         () => {
