@@ -3,13 +3,13 @@
  *
  * This entry point re-exports the public API: the Primary and Secondary drivers, the SimulatedVm (the embedded
  * default VM) and its workload, the event-tap, the VmAdapter contract, the transports and the wire protocol.
- * The QEMU adapter will live at the subpath `kemari/qemu`.
+ * The QEMU layer (QMP, migration stream, NBD server) lives at the subpath `kemari/qemu`.
  */
 export { ERROR_CODES, KemariError, isKemariError } from './errors.js';
 export type { ErrorCode, KemariErrorOptions } from './errors.js';
 export * from './wire/index.js';
 export { Primary } from './primary/primary.js';
-export type { Fault, PostMortem, PrimaryCapture, PrimaryCommit, PrimaryOptions, PrimaryState, PrimaryStats, SyncProgress } from './primary/primary.js';
+export type { Fault, PostMortem, PrimaryCapture, PrimaryCommit, PrimaryOptions, PrimaryState, PrimaryStats, Reprotection, SyncProgress } from './primary/primary.js';
 export { Secondary } from './secondary/secondary.js';
 export type { Promotion, SecondaryCommit, SecondaryOptions, SecondaryStats } from './secondary/secondary.js';
 export { DEFAULT_IDLE_INTERVAL_MS } from './checkpoint/controller.js';
@@ -39,3 +39,7 @@ export { Journal } from './replica/journal.js';
 export type { JournalOptions, JournalOpenResult, JournalRecovery, JournalStats } from './replica/journal.js';
 export { EtcdArbiter } from './failover/etcd-arbiter.js';
 export type { EtcdArbiterOptions } from './failover/etcd-arbiter.js';
+export { realTimers } from './time/timers.js';
+export type { TimerHandle, Timers } from './time/timers.js';
+export { mergeCaptures } from './vm/merge-captures.js';
+export type { JournalFile, JournalFs, JournalOpenMode } from './replica/journal.js';

@@ -1,0 +1,17 @@
+/**
+ * `kemari/qemu`: the layer that protects a real QEMU VM. QMP (commands, events, clean errors when QEMU dies), the
+ * QEMU process driver, QEMU 7.2's migration stream (a streaming parser and a writer whose streams QEMU loads), and
+ * the NBD server that serves the VM's disk so every write of an epoch rides in that epoch's transaction.
+ */
+export { QmpClient, QMP_COMMAND_TIMEOUT_MS_DEFAULT } from './qmp-client.js';
+export type { QmpClientEvents, QmpConnectOptions, QmpEvent, QmpExecuteOptions, QmpGreeting } from './qmp-client.js';
+export { startQemu } from './qemu-process.js';
+export type { QemuExit, QemuProcess, QemuStartOptions } from './qemu-process.js';
+export { MigrationStreamParser, MIGRATION_PARSER_DEFAULTS } from './migration/stream-parser.js';
+export type { MigrationStreamParserOptions } from './migration/stream-parser.js';
+export { migrationStreamBytes, writeMigrationStream } from './migration/stream-writer.js';
+export type { MigrationStreamSpec, RamSectionIds } from './migration/stream-writer.js';
+export { RamImage } from './migration/ram-image.js';
+export { imagePages, isZeroPage } from './migration/image-pages.js';
+export type * from './migration/records.js';
+export * from './nbd/index.js';
