@@ -315,7 +315,11 @@ export class Primary extends EventEmitter {
     this.tap = new EventTap(options.tap);
     this.pipelineDepth = options.pipelineDepth ?? 2;
     this.controller = new CheckpointController(options.sync ?? { mode: 'event' }, this.pipelineDepth, this.clock());
-    this.hello = primaryHello(options.vm, this.sessionId, options.verify === true ? ['verify'] : []);
+    const generation = keeper?.current?.generation;
+    this.hello = {
+      ...primaryHello(options.vm, this.sessionId, options.verify === true ? ['verify'] : []),
+      ...(generation === undefined ? {} : { generation }),
+    };
     this.bodyBytesMax = options.bodyBytesMax ?? DEFAULT_BODY_BYTES_MAX;
     this.pagesPerFrameMax = options.pagesPerFrameMax ?? 256;
     this.core = this.newCore();

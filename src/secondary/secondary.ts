@@ -196,6 +196,8 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
   private readonly heartbeatLinks = new Set<HeartbeatLink>();
   /** When the primary was last heard on the second heartbeat path. */
   private heardOnPathMs = Number.NEGATIVE_INFINITY;
+  /** The newest lease generation of a primary served (single writer: older ones are refused). */
+  private generationSeen = 0;
   /** Transactions handed to the journal and not yet applied (or refused). */
   private journaling = 0;
   private lastError: KemariError | undefined;
@@ -319,6 +321,29 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
     return this.heartbeatListener?.port ?? 0;
   }
 
+  private pathWatch: TimerHandle | undefined;
+
+  /**
+   * After a broken link: the primary is still heard on the heartbeat path. If it falls silent there too before a
+   * session comes back, it is lost after all ('primaryLost').
+   */
+  private watchPath(): void {
+    if (this.pathWatch !== undefined) return;
+    this.pathWatch = this.timers.setInterval(() => {
+      if (this.session !== undefined || this.stateNow === 'promoted' || this.stateNow === 'closed') return this.stopPathWatch();
+      if (this.primaryHeardOnPath()) return;
+      this.stopPathWatch();
+      const error = new KemariError('KEMARI_PEER_LOST', 'the primary fell silent on the heartbeat path too, after the replication link', { details: { verdict: 'dead' } });
+      this.report(error);
+      this.emit('primaryLost', error);
+    }, this.options.heartbeat?.intervalMs ?? 100);
+  }
+
+  private stopPathWatch(): void {
+    this.timers.clear(this.pathWatch);
+    this.pathWatch = undefined;
+  }
+
   /** True while the primary is heard on the second heartbeat path. */
   private primaryHeardOnPath(): boolean {
     const heartbeat = this.options.heartbeat;
@@ -395,6 +420,7 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
     if (this.stateNow === 'closed') return;
     this.stateNow = 'closed';
     this.stopTakeover();
+    this.stopPathWatch();
     if (this.abortListener !== undefined) this.options.signal?.removeEventListener('abort', this.abortListener);
     this.endSession(new KemariError('KEMARI_CLOSED', 'the secondary was closed'));
     for (const connection of this.connections) connection.close(new KemariError('KEMARI_CLOSED', 'the secondary was closed'));
@@ -474,6 +500,7 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
         this.report(error);
         this.emit(dead ? 'primaryLost' : 'linkDown', error);
         this.endSession(error);
+        if (!dead) this.watchPath();
         this.startTakeover();
         return;
       }
@@ -525,6 +552,11 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
     if (this.sessionId !== undefined && hello.sessionId !== this.sessionId) {
       mismatch(`session ${hello.sessionId} is not this secondary's session ${this.sessionId}`);
     }
+    // Single writer: a primary of an older lease generation than one already served was superseded.
+    const generation = hello.generation ?? 0;
+    if (generation < this.generationSeen) {
+      mismatch(`the primary's lease generation ${generation} was superseded by generation ${this.generationSeen}`, { generation, generationSeen: this.generationSeen });
+    }
     const replica = this.replicaNow;
     if (replica !== undefined) {
       const g = replica.geometry;
@@ -552,6 +584,7 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
       this.arena = this.newArena(this.replicaNow.geometry);
     }
     this.sessionId = hello.sessionId;
+    this.generationSeen = generation;
     this.stopTakeover();
     const features = this.options.verify === true ? ['verify'] : [];
     this.verifyActive = features.includes('verify') && hello.features.includes('verify');

@@ -34,6 +34,12 @@ export interface Hello {
   features: string[];
   /** Opaque credential for the peer's authenticator; absent when none is used. */
   auth?: Uint8Array;
+  /**
+   * The primary's lease generation, with an arbiter (absent without one). A secondary refuses a primary whose
+   * generation is older than one it has already served: a superseded primary never replicates over the standby of
+   * the writer that replaced it.
+   */
+  generation?: number;
 }
 
 /** Limits on HELLO contents, so a hostile HELLO cannot make the receiver allocate without bound. */
@@ -90,6 +96,7 @@ function validate(value: unknown, fail: (field: string, message: string) => neve
     }
     hello.auth = value.auth;
   }
+  if (value.generation !== undefined) hello.generation = int('hello.generation', value.generation, 0, Number.MAX_SAFE_INTEGER);
   return hello;
 }
 
@@ -111,6 +118,7 @@ export function encodeHello(hello: Hello): Uint8Array[] {
     features: checked.features,
   };
   if (checked.auth !== undefined) ordered.auth = checked.auth;
+  if (checked.generation !== undefined) ordered.generation = checked.generation;
   return [pack('HELLO', ordered)];
 }
 
