@@ -15,3 +15,5 @@ export { RamImage } from './migration/ram-image.js';
 export { imagePages, isZeroPage } from './migration/image-pages.js';
 export type * from './migration/records.js';
 export * from './nbd/index.js';
+export { classifyQemuEvent, watchQemuFaults } from './qemu-faults.js';
+export type { QemuFault, QemuFaultSources } from './qemu-faults.js';

@@ -1,0 +1,76 @@
+/**
+ * QEMU's own failure signals turned into kemari faults (seed 000: event-driven notification instead of polling):
+ * QMP events and the death of the QEMU process feed `primary.reportFault`, so the standby takes over at once
+ * instead of waiting for heartbeats to time out.
+ *
+ * What is fatal: GUEST_PANICKED; BLOCK_IO_ERROR (the disk failed: the standby has its own copy of every committed
+ * write); a STOP kemari did not ask for (QEMU paused the guest on an error); SHUTDOWN caused by the host (a signal,
+ * a QMP quit); the QMP session closing or the process exiting. Warnings: a guest-initiated SHUTDOWN or RESET (the
+ * guest meant it), everything else is ignored. {@link classifyQemuEvent} is the pure decision; {@link watchQemuFaults}
+ * wires it to a running QEMU.
+ */
+import type { QmpClient } from './qmp-client.js';
+import type { QmpEvent } from './qmp-core.js';
+import type { QemuExit } from './qemu-process.js';
+
+/** A fault as `Primary.reportFault` takes it. */
+export interface QemuFault {
+  source: 'qmp' | 'qemu';
+  severity: 'fatal' | 'warning';
+  detail: string;
+}
+
+/** Decides what a QMP event means; `ownStop` says whether kemari itself stopped the VM (a checkpoint). */
+export function classifyQemuEvent(event: QmpEvent, ownStop: boolean): QemuFault | undefined {
+  const data = event.data;
+  switch (event.event) {
+    case 'GUEST_PANICKED':
+      return { source: 'qmp', severity: 'fatal', detail: `GUEST_PANICKED ${JSON.stringify(data.info ?? data.action ?? {})}` };
+    case 'BLOCK_IO_ERROR':
+      return { source: 'qmp', severity: 'fatal', detail: `BLOCK_IO_ERROR on ${String(data.device ?? data['node-name'] ?? '?')}: ${String(data.operation ?? '')} ${String(data.reason ?? '')}`.trim() };
+    case 'STOP':
+      return ownStop ? undefined : { source: 'qmp', severity: 'fatal', detail: 'STOP: QEMU paused the guest on its own' };
+    case 'SHUTDOWN': {
+      const reason = String(data.reason ?? 'unknown');
+      const byGuest = data.guest === true || reason.startsWith('guest-');
+      return { source: 'qmp', severity: byGuest ? 'warning' : 'fatal', detail: `SHUTDOWN (${reason})` };
+    }
+    case 'RESET':
+      return { source: 'qmp', severity: 'warning', detail: `RESET (${String(data.reason ?? 'unknown')})` };
+    default:
+      return undefined;
+  }
+}
+
+/** What {@link watchQemuFaults} watches. */
+export interface QemuFaultSources {
+  qmp: QmpClient;
+  /** Settles when the QEMU process exits (see startQemu); omit when QEMU was not started by us. */
+  exited?: Promise<QemuExit>;
+}
+
+/**
+ * Reports every fault of a running QEMU to `report` (e.g. `(f) => primary.reportFault(f)`), the process's end
+ * once. `ownStop()` must say true while kemari's own `stop` is in effect. Returns a function that stops watching.
+ */
+export function watchQemuFaults(sources: QemuFaultSources, report: (fault: QemuFault) => void, ownStop: () => boolean): () => void {
+  let watching = true;
+  let ended = false;
+  const end = (detail: string): void => {
+    if (!watching || ended) return;
+    ended = true;
+    report({ source: 'qemu', severity: 'fatal', detail });
+  };
+  const onEvent = (event: QmpEvent): void => {
+    if (!watching) return;
+    const fault = classifyQemuEvent(event, ownStop());
+    if (fault !== undefined) report(fault);
+  };
+  sources.qmp.on('event', onEvent);
+  void sources.qmp.closed.then((reason) => end(`the QMP session closed: ${reason.message}`));
+  void sources.exited?.then((exit) => end(`QEMU exited (${exit.signal ?? `code ${exit.code}`})`));
+  return () => {
+    watching = false;
+    sources.qmp.off('event', onEvent);
+  };
+}
