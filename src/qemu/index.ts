@@ -17,3 +17,4 @@ export type * from './migration/records.js';
 export * from './nbd/index.js';
 export { classifyQemuEvent, watchQemuFaults } from './qemu-faults.js';
 export type { QemuFault, QemuFaultSources } from './qemu-faults.js';
+export * from './taps/index.js';
