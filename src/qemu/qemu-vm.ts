@@ -329,9 +329,21 @@ export class QemuVm implements VmAdapter {
   /** QMP `stop`: its reply comes once the vCPUs stopped and block I/O drained. */
   async pause(): Promise<void> {
     this.checkOpen();
+    // Set before the command: QEMU sends the STOP event before its reply, and a fault watcher asks in between.
+    this.ownStop = true;
     await this.qmp.execute('stop');
     this.isPaused = true;
   }
+
+  /**
+   * True from kemari's own `stop` until its `cont` completes: a STOP event then is a checkpoint's, not a fault
+   * (pass `() => vm.stoppedByKemari` to watchQemuFaults).
+   */
+  get stoppedByKemari(): boolean {
+    return this.ownStop;
+  }
+
+  private ownStop = false;
 
   /** QMP `cont` (also from `postmigrate` after a capture, or `io-error` after a full disk log). */
   async resume(): Promise<void> {
@@ -339,6 +351,7 @@ export class QemuVm implements VmAdapter {
     this.streamCurrent = false;
     await this.qmp.execute('cont');
     this.isPaused = false;
+    this.ownStop = false;
   }
 
   /**
