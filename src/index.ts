@@ -43,3 +43,4 @@ export { realTimers } from './time/timers.js';
 export type { TimerHandle, Timers } from './time/timers.js';
 export { mergeCaptures } from './vm/merge-captures.js';
 export type { JournalFile, JournalFs, JournalOpenMode } from './replica/journal.js';
+export * from './pages/index.js';

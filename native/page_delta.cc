@@ -1,0 +1,163 @@
+// XOR-delta encode and decode; see page_delta.h for the wire form and the encoder's rules.
+#include "page_delta.h"
+
+#include <cstring>
+
+#include "xxh64.h"  // Load64Le
+
+namespace kemari {
+
+namespace {
+
+constexpr uint64_t kOnes = 0x0101010101010101ULL;
+constexpr uint64_t kHighs = 0x8080808080808080ULL;
+
+// First index >= pos where the pages differ, or n. Eight bytes at a time: the lowest set byte of old ^ new, read
+// little-endian, is the first differing byte.
+inline size_t NextDifferent(const uint8_t* a, const uint8_t* b, size_t pos, size_t n) {
+  while (n - pos >= 8) {
+    const uint64_t x = Load64Le(a + pos) ^ Load64Le(b + pos);
+    if (x != 0) return pos + (static_cast<size_t>(__builtin_ctzll(x)) >> 3);
+    pos += 8;
+  }
+  while (pos < n && a[pos] == b[pos]) pos++;
+  return pos;
+}
+
+// First index >= pos where the pages are equal, or n. The classic "has a zero byte" test; its lowest set bit is
+// exact (only bits above the first zero byte can be false positives).
+inline size_t NextEqual(const uint8_t* a, const uint8_t* b, size_t pos, size_t n) {
+  while (n - pos >= 8) {
+    const uint64_t x = Load64Le(a + pos) ^ Load64Le(b + pos);
+    const uint64_t zero_bytes = (x - kOnes) & ~x & kHighs;
+    if (zero_bytes != 0) return pos + (static_cast<size_t>(__builtin_ctzll(zero_bytes)) >> 3);
+    pos += 8;
+  }
+  while (pos < n && a[pos] != b[pos]) pos++;
+  return pos;
+}
+
+// dst = a ^ b for `n` bytes, eight at a time; dst may be a (in place), but must not otherwise overlap.
+inline void XorBytes(uint8_t* dst, const uint8_t* a, const uint8_t* b, size_t n) {
+  size_t i = 0;
+  for (; n - i >= 8; i += 8) {
+    uint64_t x, y;
+    std::memcpy(&x, a + i, 8);
+    std::memcpy(&y, b + i, 8);
+    x ^= y;
+    std::memcpy(dst + i, &x, 8);
+  }
+  for (; i < n; i++) dst[i] = a[i] ^ b[i];
+}
+
+inline size_t VarintBytes(size_t v) { return v < (1u << 7) ? 1 : v < (1u << 14) ? 2 : v < (1u << 21) ? 3 : 4; }
+
+inline size_t PutVarint(uint8_t* out, size_t v) {
+  size_t i = 0;
+  while (v >= 0x80) {
+    out[i++] = static_cast<uint8_t>(v | 0x80);
+    v >>= 7;
+  }
+  out[i++] = static_cast<uint8_t>(v);
+  return i;
+}
+
+// Reads a varint at *at. Returns kDeltaOk and the value, or an error reason; *at is advanced only on success.
+inline int64_t GetVarint(const uint8_t* d, size_t n, size_t* at, size_t* value) {
+  size_t v = 0;
+  size_t i = *at;
+  for (size_t k = 0;; k++) {
+    if (i >= n) return kDeltaTruncated;
+    if (k == kDeltaVarintBytesMax) return kDeltaBadVarint;
+    const uint8_t byte = d[i++];
+    v |= static_cast<size_t>(byte & 0x7f) << (7 * k);
+    if ((byte & 0x80) == 0) {
+      if (byte == 0 && k > 0) return kDeltaBadVarint;  // not minimal
+      break;
+    }
+  }
+  *at = i;
+  *value = v;
+  return kDeltaOk;
+}
+
+inline int64_t Fail(int64_t reason, size_t offset) { return reason + 8 * static_cast<int64_t>(offset); }
+
+// Walks the runs; when `out` is not null, applies them. Every bound is checked in both modes.
+int64_t Walk(const uint8_t* delta, size_t delta_bytes, size_t page_bytes, uint8_t* out) {
+  size_t at = 0;
+  size_t pos = 0;
+  while (at < delta_bytes) {
+    size_t start = at;
+    size_t skip;
+    int64_t r = GetVarint(delta, delta_bytes, &at, &skip);
+    if (r != kDeltaOk) return Fail(r, start);
+    if (skip > page_bytes - pos) return Fail(kDeltaPastPageEnd, start);
+    pos += skip;
+    start = at;
+    size_t length;
+    r = GetVarint(delta, delta_bytes, &at, &length);
+    if (r != kDeltaOk) return Fail(r, start);
+    if (length == 0) return Fail(kDeltaEmptyLiteral, start);
+    if (length > page_bytes - pos) return Fail(kDeltaPastPageEnd, start);
+    if (length > delta_bytes - at) return Fail(kDeltaTruncated, at);
+    if (out != nullptr) XorBytes(out + pos, out + pos, delta + at, length);
+    at += length;
+    pos += length;
+  }
+  return kDeltaOk;
+}
+
+}  // namespace
+
+int64_t EncodeDelta(const uint8_t* old_page, const uint8_t* new_page, size_t page_bytes, uint8_t* out,
+                    size_t budget_bytes) {
+  const size_t n = page_bytes;
+  size_t pos = 0;
+  size_t o = 0;
+  for (;;) {
+    const size_t start = NextDifferent(old_page, new_page, pos, n);
+    if (start == n) break;
+    size_t end = start;
+    for (;;) {
+      end = NextEqual(old_page, new_page, end, n);
+      if (end == n) break;
+      size_t gap;
+      if (n - end >= 8) {
+        // Equal bytes at `end`, counted from the XOR word: its lowest non-zero byte is the first differing one.
+        const uint64_t x = Load64Le(old_page + end) ^ Load64Le(new_page + end);
+        gap = x == 0 ? 8 : static_cast<size_t>(__builtin_ctzll(x)) >> 3;
+      } else {
+        gap = 0;
+        while (gap < kDeltaGapBytesMin && end + gap < n && old_page[end + gap] == new_page[end + gap]) gap++;
+      }
+      if (gap >= kDeltaGapBytesMin || end + gap == n) break;
+      end += gap;
+    }
+    const size_t skip = start - pos;
+    const size_t length = end - start;
+    const size_t need = VarintBytes(skip) + VarintBytes(length) + length;
+    if (need >= budget_bytes - o) return -1;  // o < budget_bytes always holds here
+    o += PutVarint(out + o, skip);
+    o += PutVarint(out + o, length);
+    XorBytes(out + o, old_page + start, new_page + start, length);
+    o += length;
+    pos = end;
+  }
+  if (o >= budget_bytes) return -1;
+  return static_cast<int64_t>(o);
+}
+
+int64_t ValidateDelta(const uint8_t* delta, size_t delta_bytes, size_t page_bytes) {
+  return Walk(delta, delta_bytes, page_bytes, nullptr);
+}
+
+int64_t DecodeDelta(const uint8_t* old_page, const uint8_t* delta, size_t delta_bytes, uint8_t* out,
+                    size_t page_bytes) {
+  const int64_t r = Walk(delta, delta_bytes, page_bytes, nullptr);
+  if (r != kDeltaOk) return r;
+  if (out != old_page) std::memmove(out, old_page, page_bytes);
+  return Walk(delta, delta_bytes, page_bytes, out);
+}
+
+}  // namespace kemari

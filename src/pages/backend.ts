@@ -1,0 +1,51 @@
+/**
+ * The raw contract shared by the native addon (native/addon.cc) and the TypeScript fallback (js-backend.ts).
+ *
+ * Why one interface with the addon's exact signatures: the public functions (scan.ts, delta.ts, fingerprint.ts,
+ * mmap.ts) validate their arguments once and then call whichever backend loaded, and the tests run the same random
+ * inputs through both backends and compare every output byte. Backends assume validated arguments; the native one
+ * re-checks bounds anyway (it must never touch memory out of bounds), the TypeScript one cannot go out of bounds.
+ *
+ * Error values of the delta functions: 0 for success, otherwise `reason + 8 * offsetBytes` (see delta-format.ts),
+ * a number rather than an exception so that both backends report the same fault at the same offset.
+ */
+export interface PagesBackend {
+  /**
+   * Compares each page of `region` with `shadow`; writes the changed page indices and their zero flags in
+   * increasing page order; copies changed pages into `shadow` when `update`. Returns the changed count.
+   */
+  scanShadow(region: Uint8Array, pageBytes: number, shadow: Uint8Array, changedPages: Uint32Array, zeroFlags: Uint8Array, update: boolean): number;
+  /** Same against 8-byte XXH64 fingerprints (host-order uint64 per page); stores new ones when `update`. */
+  scanFingerprints(
+    region: Uint8Array,
+    pageBytes: number,
+    fingerprints: BigUint64Array | Uint32Array,
+    seed: bigint,
+    changedPages: Uint32Array,
+    zeroFlags: Uint8Array,
+    update: boolean,
+  ): number;
+  /** XXH64 of `data` with `seed`. */
+  xxh64(data: Uint8Array, seed: bigint): bigint;
+  /** Encoded length (< budgetBytes), or -1 when the delta would need budgetBytes or more. */
+  encodeDelta(oldPage: Uint8Array, newPage: Uint8Array, out: Uint8Array, budgetBytes: number): number;
+  /** 0, or the error value; on error `out` is untouched. */
+  decodeDelta(oldPage: Uint8Array, delta: Uint8Array, out: Uint8Array): number;
+  /** 0, or the error value. */
+  validateDelta(delta: Uint8Array, pageBytes: number): number;
+  /** The first `bytes` bytes of the file: a read-only MAP_SHARED mapping (native) or a copy (fallback). */
+  mmapFile(path: string, bytes: number): ArrayBuffer;
+  /** Detaches and releases a buffer returned by mmapFile; false when it is not one (or already released). */
+  unmap(buffer: ArrayBuffer): boolean;
+}
+
+/** The addon's extra fields, beyond the backend contract. */
+export interface NativePagesBinding extends PagesBackend {
+  /** Whether the addon was compiled with SSE4.2 enabled (x86-64 builds). */
+  readonly sse42: boolean;
+  /** Bumped whenever the binding's signatures change, so a stale build/ is refused rather than misused. */
+  readonly abiVersion: number;
+}
+
+/** The abiVersion this TypeScript expects from native/addon.cc. */
+export const NATIVE_ABI_VERSION = 1;

@@ -1,0 +1,21 @@
+/**
+ * The TypeScript fallback as one {@link PagesBackend}: what src/pages/ uses when the addon did not load, and what
+ * the tests compare the addon with.
+ */
+import type { PagesBackend } from './backend.js';
+import { decodeDeltaJs, encodeDeltaJs, validateDeltaJs } from './delta-js.js';
+import { mmapFileJs, unmapJs } from './mmap-js.js';
+import { scanFingerprintsJs, scanShadowJs } from './scan-js.js';
+import { xxh64Js } from './xxh64.js';
+
+/** The pure-TypeScript backend. */
+export const jsBackend: PagesBackend = {
+  scanShadow: scanShadowJs,
+  scanFingerprints: scanFingerprintsJs,
+  xxh64: xxh64Js,
+  encodeDelta: encodeDeltaJs,
+  decodeDelta: decodeDeltaJs,
+  validateDelta: validateDeltaJs,
+  mmapFile: mmapFileJs,
+  unmap: unmapJs,
+};
