@@ -45,6 +45,9 @@ import type { VmAdapter } from '../vm/adapter.js';
 import type { EncodedFrame } from '../wire/encoder.js';
 import { DEFAULT_BODY_BYTES_MAX } from '../wire/decoder.js';
 import { HeartbeatLink } from '../failover/heartbeat-link.js';
+import { DeltaCache } from '../txn/delta-cache.js';
+import { pagesImplementation } from '../pages/implementation.js';
+import type { PagesImplementation } from '../pages/implementation.js';
 import type { Hello } from '../wire/bodies/hello.js';
 import type { EpochCapture } from '../vm/adapter.js';
 import { mergeCaptures } from '../vm/merge-captures.js';
@@ -78,6 +81,12 @@ export interface PrimaryOptions {
   pipelineDepth?: number;
   /** End-to-end verification: COMMIT carries the VM state digest; the secondary checks it after applying. */
   verify?: boolean;
+  /**
+   * Send changed pages as deltas against the secondary's copy where that is at most half a page (negotiated in
+   * HELLO; the secondary accepts them by default). The primary keeps up to `cacheBytes` (default 64 MiB) of page
+   * copies to compute them against. Worth it when bandwidth is short and few bytes of a page change per epoch.
+   */
+  delta?: boolean | { cacheBytes?: number };
   /** Names the replication session; the secondary refuses another session's primary. Default: a random UUID. */
   sessionId?: string;
   /** Largest frame body to send (must not exceed the secondary's bodyBytesMax). Default 16 MiB. */
@@ -218,10 +227,18 @@ export interface PrimaryStats {
   bytesSent: number;
   outputsHeld: number;
   outputsReleased: number;
+  /** Pages sent as deltas, and the page bytes that saved (delta frames). */
+  deltaPages: number;
+  deltaSavedBytes: number;
+  /** Which page code runs: the native addon or the TypeScript fallback. */
+  pagesImplementation: PagesImplementation;
   pauseMs: { p50: number; p99: number; max: number; count: number };
   latencyMs: { p50: number; p99: number; max: number; count: number };
   lastError: KemariError | undefined;
 }
+
+/** Page copies the primary keeps for delta frames by default. */
+export const DELTA_CACHE_BYTES_DEFAULT = 64 << 20;
 
 /** Pages one pre-copy call copies at most (16 MiB of 4 KiB pages). */
 export const PRECOPY_CHUNK_PAGES = 4096;
@@ -278,6 +295,10 @@ export class Primary extends EventEmitter {
   private sessionFrom: { txn: number; resumed: boolean } = { txn: 0, resumed: false };
   private lostSince = false;
   private verifyActive = false;
+  private deltaActive = false;
+  private readonly deltaCache: DeltaCache | undefined;
+  private deltaPages = 0;
+  private deltaSavedBytes = 0;
   private stateNow: PrimaryState = 'connecting';
   private readonly detector: FailureDetector;
   private heartbeatTimer: TimerHandle | undefined;
@@ -316,8 +337,13 @@ export class Primary extends EventEmitter {
     this.pipelineDepth = options.pipelineDepth ?? 2;
     this.controller = new CheckpointController(options.sync ?? { mode: 'event' }, this.pipelineDepth, this.clock());
     const generation = keeper?.current?.generation;
+    const offered = [...(options.verify === true ? ['verify'] : []), ...(options.delta === undefined || options.delta === false ? [] : ['delta'])];
+    if (options.delta !== undefined && options.delta !== false) {
+      const cacheBytes = typeof options.delta === 'object' ? (options.delta.cacheBytes ?? DELTA_CACHE_BYTES_DEFAULT) : DELTA_CACHE_BYTES_DEFAULT;
+      this.deltaCache = new DeltaCache(options.vm.pageBytes, cacheBytes);
+    }
     this.hello = {
-      ...primaryHello(options.vm, this.sessionId, options.verify === true ? ['verify'] : []),
+      ...primaryHello(options.vm, this.sessionId, offered),
       ...(generation === undefined ? {} : { generation }),
     };
     this.bodyBytesMax = options.bodyBytesMax ?? DEFAULT_BODY_BYTES_MAX;
@@ -537,6 +563,9 @@ export class Primary extends EventEmitter {
       bytesSent: this.bytesSent,
       outputsHeld: this.tap.heldCount,
       outputsReleased: this.tap.released,
+      deltaPages: this.deltaPages,
+      deltaSavedBytes: this.deltaSavedBytes,
+      pagesImplementation: pagesImplementation(),
       pauseMs: this.pauses.summary(),
       latencyMs: this.latencies.summary(),
       lastError: this.lastError,
@@ -697,6 +726,9 @@ export class Primary extends EventEmitter {
     this.helloTimer = undefined;
     this.sessionUp = true;
     this.verifyActive = features.includes('verify');
+    this.deltaActive = features.includes('delta') && this.deltaCache !== undefined;
+    // Whatever the secondary holds now, this side cannot vouch for its copies of pages.
+    this.deltaCache?.clear();
     const x = committedTxn;
     const known = this.everProtected && x >= this.ackedTxnNow && x <= this.lastTxnNow;
     if (known) while (this.pending.length > 0 && this.pending[0]!.txn <= x) this.completed(this.pending.shift()!);
@@ -837,7 +869,16 @@ export class Primary extends EventEmitter {
       const carried = !full && this.carry.length > 0;
       const send = carried ? mergeCaptures([...this.carry, capture]) : capture;
       this.carry = [];
-      const out = precopied ? core.closeTransaction(send, events) : core.encodeTransaction(send, events, this.tap.releasedTxn);
+      // Deltas only go out against copies the secondary holds for sure: never in a full sync (the cache starts over).
+      let wire = send;
+      if (full) this.deltaCache?.clear();
+      else if (this.deltaActive && this.deltaCache !== undefined) {
+        const encoded = this.deltaCache.encode(send.pages);
+        wire = { ...send, pages: encoded.pages };
+        this.deltaPages += encoded.deltaPages;
+        this.deltaSavedBytes += encoded.savedBytes;
+      }
+      const out = precopied ? core.closeTransaction(wire, events) : core.encodeTransaction(wire, events, this.tap.releasedTxn);
       this.lastTxnNow = out.txn;
       this.epochs += 1;
       this.pagesSent += out.pageCount;
@@ -976,6 +1017,8 @@ export class Primary extends EventEmitter {
     this.core.connectionLost();
     this.sendQueue.length = 0;
     this.fullSync = undefined;
+    // Epochs sent on this session may never be applied: the secondary's copies are unknown from here on.
+    this.deltaCache?.clear();
     // Forgotten before it is closed: its own 'close' event is then ignored.
     const connection = this.connection;
     this.connection = undefined;

@@ -163,7 +163,7 @@ async function replayRecords(
     const staged = await readRecord(file, location, salt, buffer, ctx.journalPath);
     location.releasedTxn = staged.releasedTxn;
     try {
-      replica.apply(staged, { verify: false });
+      replica.apply(staged, { verify: false, delta: true });
     } catch (error) {
       if (last && mayRefuse && error instanceof KemariError) return location;
       throw new KemariError('KEMARI_JOURNAL_CORRUPT', `${ctx.journalPath}: the replica refuses journaled txn ${location.txn}`, {

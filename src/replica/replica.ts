@@ -15,6 +15,7 @@ import type { DeviceState } from '../wire/bodies/device.js';
 import type { DiskInfo } from '../wire/bodies/hello.js';
 import type { OutputEvent } from '../wire/bodies/event.js';
 import { PageKind } from '../wire/bodies/pages.js';
+import { decodeDelta, validateDelta } from '../pages/delta.js';
 import { pack, unpack } from '../wire/msgpack.js';
 import type { StagedTxn } from '../txn/staged-txn.js';
 import { PageCrcTable } from '../vm/page-crc-table.js';
@@ -157,10 +158,10 @@ export class Replica {
    * Applies a verified transaction as one step. Throws before changing anything if the transaction does not fit
    * this replica (KEMARI_TXN_OUT_OF_ORDER, KEMARI_BAD_BODY). With `verify`, compares the resulting digest with the
    * transaction's; on mismatch restores the previous epoch and throws KEMARI_VERIFY_FAILED. Returns the digest of
-   * the new state when verifying, else an empty array.
+   * the new state when verifying, else an empty array. DELTA pages are accepted only with `delta` (negotiated).
    */
-  apply(staged: StagedTxn, options: { verify: boolean }): Uint8Array {
-    this.validate(staged);
+  apply(staged: StagedTxn, options: { verify: boolean; delta?: boolean }): Uint8Array {
+    this.validate(staged, options.delta === true);
     const undo = options.verify ? this.undoFor(staged) : undefined;
     this.write(staged);
     if (!options.verify) return new Uint8Array(0);
@@ -174,7 +175,7 @@ export class Replica {
     return digest;
   }
 
-  private validate(staged: StagedTxn): void {
+  private validate(staged: StagedTxn, delta: boolean): void {
     const { geometry } = this;
     if (staged.txn !== this.committed + 1 || staged.baseTxn !== this.committed) {
       throw new KemariError('KEMARI_TXN_OUT_OF_ORDER', `txn ${staged.txn} on base ${staged.baseTxn} does not follow committed ${this.committed}`, {
@@ -191,7 +192,13 @@ export class Replica {
     const pageCount = geometry.memoryBytes / geometry.pageBytes;
     for (const page of staged.pages) {
       if (page.index >= pageCount) bad(`page ${page.index} beyond memory`, { pageCount });
-      if (page.kind === PageKind.DELTA) bad('delta pages were not negotiated');
+      if (page.kind === PageKind.DELTA) {
+        if (!delta) bad('delta pages were not negotiated');
+        // Against the committed copy: a full sync has none to be relative to.
+        if (staged.full) bad('a full sync carries no delta pages');
+        const malformed = validateDelta(page.data, geometry.pageBytes);
+        if (malformed !== undefined) throw malformed;
+      }
     }
     if (staged.full) {
       const seen = new Uint8Array(pageCount);
@@ -277,6 +284,8 @@ export class Replica {
     for (const page of staged.pages) {
       const start = page.index * pageBytes;
       if (page.kind === PageKind.ZERO) this.memory.fill(0, start, start + pageBytes);
+      // Validated above: decoding cannot fail, and it changes the page in place (its old bytes are in the undo log).
+      else if (page.kind === PageKind.DELTA) decodeDelta(this.memory.subarray(start, start + pageBytes), page.data);
       else this.memory.set(page.data, start);
       this.pageTable.markPage(page.index);
     }

@@ -53,6 +53,8 @@ export interface SecondaryOptions<V extends VmAdapter = SimulatedVm> {
   tls?: TlsCredentials;
   /** Verify every epoch against the primary's state digest (the primary must enable it too). */
   verify?: boolean;
+  /** Accept pages sent as deltas against the committed copy, when the primary offers them. Default true. */
+  delta?: boolean;
   /** Accept only this session. Default: the first session seen; later ones must match it. */
   sessionId?: string;
   /** Largest frame body accepted. Default 16 MiB. */
@@ -187,6 +189,7 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
   private journal: Journal | undefined;
   private sessionId: string | undefined;
   private verifyActive = false;
+  private deltaActive = false;
   private stateNow: 'listening' | 'replicating' | 'promoted' | 'closed' = 'listening';
   private epochs = 0;
   private bytesApplied = 0;
@@ -586,8 +589,9 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
     this.sessionId = hello.sessionId;
     this.generationSeen = generation;
     this.stopTakeover();
-    const features = this.options.verify === true ? ['verify'] : [];
+    const features = [...(this.options.verify === true ? ['verify'] : []), ...(this.options.delta === false ? [] : ['delta'])];
     this.verifyActive = features.includes('verify') && hello.features.includes('verify');
+    this.deltaActive = features.includes('delta') && hello.features.includes('delta');
     this.stateNow = 'replicating';
     const r = this.replicaNow!;
     return {
@@ -628,7 +632,7 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
           const staged = action.txn;
           let digest: Uint8Array;
           try {
-            digest = replica.apply(staged, { verify: this.verifyActive });
+            digest = replica.apply(staged, { verify: this.verifyActive, delta: this.deltaActive });
           } catch (error) {
             const e = error instanceof KemariError ? error : new KemariError('KEMARI_BAD_BODY', 'the transaction could not be applied', { cause: error });
             this.report(e);
@@ -753,7 +757,7 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
     if (replicaNow === undefined || journal === undefined) return;
     let digest: Uint8Array;
     try {
-      digest = replicaNow.apply(staged, { verify: this.verifyActive });
+      digest = replicaNow.apply(staged, { verify: this.verifyActive, delta: this.deltaActive });
     } catch (error) {
       const e = error instanceof KemariError ? error : new KemariError('KEMARI_BAD_BODY', 'the transaction could not be applied', { cause: error });
       await journal.abandon(staged.txn).catch((abandonError: unknown) => this.report(abandonError as KemariError));

@@ -5,6 +5,7 @@
  */
 import type { KemariError } from '../../src/index.js';
 import { primaryHello } from '../../src/txn/hello-for.js';
+import { DeltaCache } from '../../src/txn/delta-cache.js';
 import type { Hello } from '../../src/index.js';
 import { Replica } from '../../src/replica/replica.js';
 import { ReceiverCore } from '../../src/txn/receiver-core.js';
@@ -25,6 +26,8 @@ export function joinFrames(frames: ReadonlyArray<{ header: Uint8Array; body: Uin
 
 /** A receiver with its replica; `feed` carries out the apply/ack duties synchronously, like the Secondary. */
 export class ReceiverSide {
+  /** Accept delta pages (as a secondary that negotiated them). */
+  readonly delta: boolean;
   replica: Replica | undefined;
   readonly core: ReceiverCore;
   readonly sent: Buffer[] = [];
@@ -32,7 +35,8 @@ export class ReceiverSide {
   readonly applied: number[] = [];
   closed = false;
 
-  constructor(options: { txnBytesMax?: number; txnFramesMax?: number; verify?: boolean; committedTxn?: number; replica?: Replica; stagingBytes?: number } = {}) {
+  constructor(options: { txnBytesMax?: number; txnFramesMax?: number; verify?: boolean; committedTxn?: number; replica?: Replica; stagingBytes?: number; delta?: boolean } = {}) {
+    this.delta = options.delta ?? false;
     this.replica = options.replica;
     this.core = new ReceiverCore({
       // Small on purpose: the full sync overflows it and later epochs reuse it, as a standby's would be reused.
@@ -67,7 +71,7 @@ export class ReceiverSide {
         if (action.error !== undefined) this.errors.push(action.error);
       } else if (action.type === 'apply') {
         try {
-          const digest = this.replica!.apply(action.txn, { verify: this.verify });
+          const digest = this.replica!.apply(action.txn, { verify: this.verify, delta: this.delta });
           this.applied.push(action.txn.txn);
           this.act(this.core.applied(action.txn.txn, digest));
         } catch (error) {
@@ -93,6 +97,10 @@ export interface RecordedStream {
   hello: Buffer;
   stream: Buffer;
   epochs: RecordedEpoch[];
+  /** The stream carries delta pages (replay it into a receiver that accepts them). */
+  delta: boolean;
+  /** How many pages went as deltas. */
+  deltaPages: number;
 }
 
 /**
@@ -106,7 +114,11 @@ export function recordStream(options: {
   seed?: number;
   pagesPerFrameMax?: number;
   beforeCapture?: (vm: SimulatedVm, epoch: number) => void;
+  /** Send pages as deltas against what the receiver holds (a DeltaCache, as the primary does). */
+  delta?: boolean;
 }): RecordedStream {
+  const deltaCache = options.delta === true ? new DeltaCache(4096, 64 << 20) : undefined;
+  let deltaPages = 0;
   const vm = new SimulatedVm({ memoryBytes: options.memoryBytes ?? 1 << 20, seed: options.seed ?? 1, disks: [{ id: 0, bytes: 256 * 1024 }] });
   const tap = new EventTap();
   const workload = new Workload(vm, {
@@ -116,7 +128,7 @@ export function recordStream(options: {
     output: (channel, data) => void tap.output(channel, data).catch(() => {}),
   });
   const sender = new SenderCore({ hello: helloOf(vm), pipelineDepth: options.epochs + 1, bodyBytesMax: 1 << 20, pagesPerFrameMax: options.pagesPerFrameMax ?? 64 });
-  const receiver = new ReceiverSide();
+  const receiver = new ReceiverSide({ delta: options.delta === true });
   const hello = joinFrames(sender.start());
   receiver.feed(hello);
   for (const reply of receiver.sent.splice(0)) sender.receive(reply);
@@ -130,7 +142,13 @@ export function recordStream(options: {
     const capture = vm.capture({ full: epoch === 0, digest: true });
     const events = tap.seal(sender.nextTxn);
     vm.resume();
-    const out = sender.encodeTransaction(capture, events, 0);
+    let wire = capture;
+    if (deltaCache !== undefined && !capture.full) {
+      const encoded = deltaCache.encode(capture.pages);
+      deltaPages += encoded.deltaPages;
+      wire = { ...capture, pages: encoded.pages };
+    }
+    const out = sender.encodeTransaction(wire, events, 0);
     const frameOffsets: number[] = [];
     for (const frame of out.frames) {
       frameOffsets.push(offset);
@@ -140,5 +158,5 @@ export function recordStream(options: {
     }
     epochs.push({ txn: out.txn, endOffset: offset, digest: capture.stateDigest, frameOffsets });
   }
-  return { hello, stream: Buffer.concat(parts), epochs };
+  return { hello, stream: Buffer.concat(parts), epochs, delta: deltaCache !== undefined, deltaPages };
 }

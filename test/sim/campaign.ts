@@ -13,6 +13,8 @@ export interface CampaignTotals {
   faults: Record<string, number>;
   withArbiter: number;
   withJournal: number;
+  withDelta: number;
+  deltaPages: number;
 }
 
 /** Seeds that once broke an invariant: replayed in every CI run. */
@@ -36,6 +38,8 @@ export async function runCampaign(seeds: readonly number[]): Promise<CampaignTot
     faults: {},
     withArbiter: 0,
     withJournal: 0,
+    withDelta: 0,
+    deltaPages: 0,
   };
   for (const seed of seeds) {
     const report = await simulate(seed);
@@ -49,6 +53,8 @@ export async function runCampaign(seeds: readonly number[]): Promise<CampaignTot
     totals.resyncedFully += report.resyncedFully;
     if (report.config.arbiter) totals.withArbiter += 1;
     if (report.config.journal) totals.withJournal += 1;
+    if (report.config.delta) totals.withDelta += 1;
+    totals.deltaPages += report.deltaPages;
     for (const [fault, n] of Object.entries(report.faults)) totals.faults[fault] = (totals.faults[fault] ?? 0) + n;
   }
   return totals;

@@ -38,7 +38,7 @@ if (values.seed !== undefined) {
   const count = Number(values.seeds);
   const from = Number(values.from);
   const startedMs = performance.now();
-  const totals = { steps: 0, commits: 0, releases: 0, failovers: 0, secondaryRestarts: 0, resumedIncrementally: 0, resyncedFully: 0, tornTails: 0 };
+  const totals = { steps: 0, commits: 0, releases: 0, failovers: 0, secondaryRestarts: 0, resumedIncrementally: 0, resyncedFully: 0, tornTails: 0, deltaPages: 0 };
   for (let seed = from; seed < from + count; seed++) {
     let report: SimReport;
     try {

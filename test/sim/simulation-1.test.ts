@@ -18,5 +18,7 @@ describe('deterministic simulation, seeds 1..250', () => {
     expect(totals.withArbiter).toBeGreaterThan(0);
     expect(totals.withArbiter).toBeLessThan(totals.seeds);
     expect(totals.withJournal).toBeGreaterThan(0);
+    expect(totals.withDelta).toBeGreaterThan(0);
+    expect(totals.deltaPages).toBeGreaterThan(totals.seeds);
   }, 300_000);
 });

@@ -54,6 +54,8 @@ export interface SimReport {
   faults: Record<string, number>;
   network: SimNetwork['counters'];
   tornTails: number;
+  /** Pages that went out as deltas. */
+  deltaPages: number;
 }
 
 /** The shape of one run, drawn from its seed. */
@@ -67,6 +69,8 @@ export interface SimConfig {
   leaseTtlMs: number;
   reconnectDelayMs: number;
   stepEveryMs: number;
+  /** Pages as deltas against the secondary's copy (drawn from its own stream, so older seeds replay as before). */
+  delta: boolean;
 }
 
 interface SecondaryIncarnation {
@@ -143,6 +147,7 @@ export class World {
       leaseTtlMs: 150 + r.nextInt(250),
       reconnectDelayMs: 10 + r.nextInt(60),
       stepEveryMs: 2 + r.nextInt(6),
+      delta: new Prng(seed ^ 0xde17a).nextFloat() < 0.5,
     };
   }
 
@@ -202,6 +207,7 @@ export class World {
       faults: this.faults,
       network: this.network.counters,
       tornTails: [...this.disks.values()].reduce((n, d) => n + d.tornTails, 0),
+      deltaPages: this.primaries.reduce((n, p) => n + (p.primary?.stats().deltaPages ?? 0), 0),
     };
   }
 
@@ -236,6 +242,10 @@ export class World {
           this.fail(`${node} restarted on its journal at txn ${secondary.committedTxn}, but had committed ${previous.committedMax}`);
         }
         secondary.on('commit', (commit: SecondaryCommit) => this.onCommit(incarnation, commit));
+        // The network here loses and duplicates but never corrupts: a state that fails verification is a bug.
+        secondary.on('error', (error: { code?: string; message: string }) => {
+          if (error.code === 'KEMARI_VERIFY_FAILED') this.fail(`${node} failed verification: ${error.message}`);
+        });
         secondary.on('promoted', (promotion: Promotion) => this.onPromoted(incarnation, promotion));
       },
       (error: unknown) => this.fail(`secondary ${node} failed to start: ${String(error)}`),
@@ -265,6 +275,7 @@ export class World {
       connectTimeoutMs: 200,
       timers: clock,
       precopyStopPages: 4,
+      ...(c.delta ? { delta: { cacheBytes: 16 * 4096 } } : {}),
       // Configured with its secondary's address: the node standing by when it starts (restarts come back there).
       connector: async () => {
         const target = incarnation.target;

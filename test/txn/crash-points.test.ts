@@ -6,7 +6,7 @@ import type { RecordedStream } from '../helpers/session.js';
 
 /** Feeds the HELLO and the first `cut` bytes of the stream (in a few chunks), then loses the connection. */
 function replayPrefix(recorded: RecordedStream, cut: number, chunkBytes = 7001): ReceiverSide {
-  const side = new ReceiverSide();
+  const side = new ReceiverSide({ delta: recorded.delta });
   side.feed(recorded.hello);
   for (let at = 0; at < cut; at += chunkBytes) side.feed(recorded.stream.subarray(at, Math.min(cut, at + chunkBytes)));
   side.lose();
@@ -28,6 +28,28 @@ function expectExactlyOneEpoch(recorded: RecordedStream, cut: number): void {
   // And a VM restored from it is that epoch, too.
   expect(digestHex(SimulatedVm.restore(side.replica!.snapshot()).digest())).toBe(digestHex(expected.digest));
 }
+
+describe('crash points with delta frames: a cut anywhere leaves the replica at exactly one committed epoch', () => {
+  const recorded = recordStream({ epochs: 8, stepsPerEpoch: 3, seed: 7, delta: true });
+
+  it('the stream does carry delta pages, and all of it commits every epoch', () => {
+    expect(recorded.deltaPages).toBeGreaterThan(20);
+    const side = replayPrefix(recorded, recorded.stream.byteLength);
+    expect(side.applied).toEqual(recorded.epochs.map((e) => e.txn));
+  });
+
+  it('at every frame boundary, one byte either side of it, and 600 random offsets', () => {
+    const cuts = new Set<number>();
+    for (const epoch of recorded.epochs) {
+      for (const at of epoch.frameOffsets) for (const d of [-1, 0, 1]) if (at + d >= 0) cuts.add(at + d);
+      cuts.add(epoch.endOffset);
+    }
+    let seed = 777;
+    const random = (): number => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+    for (let i = 0; i < 600; i++) cuts.add(Math.floor(random() * (recorded.stream.byteLength + 1)));
+    for (const cut of cuts) expectExactlyOneEpoch(recorded, Math.min(cut, recorded.stream.byteLength));
+  });
+});
 
 describe('crash points: a cut anywhere leaves the replica at exactly one committed epoch', () => {
   const recorded = recordStream({ epochs: 8, stepsPerEpoch: 3, seed: 7 });
