@@ -15,6 +15,7 @@
  * marked). The shadow also feeds the per-page CRC table of the state digest.
  */
 import { KemariError } from '../errors.js';
+import { scanChangedPages } from '../pages/scan.js';
 import type { Page } from '../wire/bodies/pages.js';
 import { PageKind } from '../wire/bodies/pages.js';
 import { PageCrcTable } from '../vm/page-crc-table.js';
@@ -156,6 +157,33 @@ export class GuestMemory {
       this.mark(to / PAGE_BYTES);
     }
   }
+
+  /**
+   * Like {@link receiveRange}, in one call of the page scanner (the native addon when it is loaded): the pages of
+   * `region` that differ from the shadow at linear offset `offsetBytes` are copied into it and marked. `region`
+   * may be a mapping of QEMU's shared RAM file, compared in place.
+   */
+  scanRange(offsetBytes: number, region: Uint8Array): void {
+    if (offsetBytes % PAGE_BYTES !== 0 || region.byteLength % PAGE_BYTES !== 0 || offsetBytes + region.byteLength > this.memoryBytes) {
+      throw new KemariError('KEMARI_INVALID_ARGUMENT', 'a memory range must be whole pages inside the guest memory', {
+        details: { offsetBytes, bytes: region.byteLength, memoryBytes: this.memoryBytes },
+      });
+    }
+    const pageCount = region.byteLength / PAGE_BYTES;
+    if (this.scanOut === undefined || this.scanOut.changedPages.length < pageCount) {
+      this.scanOut = { changedPages: new Uint32Array(pageCount), zeroFlags: new Uint8Array(pageCount) };
+    }
+    const shadow = this.image.subarray(offsetBytes, offsetBytes + region.byteLength);
+    const count = scanChangedPages(region, PAGE_BYTES, shadow, this.scanOut, { update: true });
+    const first = offsetBytes / PAGE_BYTES;
+    for (let k = 0; k < count; k++) {
+      const page = first + this.scanOut.changedPages[k]!;
+      this.knownZero[page] = this.scanOut.zeroFlags[k]!;
+      this.mark(page);
+    }
+  }
+
+  private scanOut: { changedPages: Uint32Array; zeroFlags: Uint8Array } | undefined;
 
   /** Replaces the whole shadow with `memory` (a restored snapshot) and marks every page changed. */
   load(memory: Uint8Array): void {

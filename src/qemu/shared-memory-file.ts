@@ -3,12 +3,14 @@
  *
  * Why: with `x-ignore-shared`, QEMU's stream no longer carries the RAM block in the file, so a checkpoint of a large
  * guest costs a device-state stream (~0.3 MB) instead of all of RAM. kemari then finds the changed pages itself by
- * reading the file while the VM is stopped (Node has no mmap; on tmpfs a read is a memory copy), and a standby is
+ * scanning the file while the VM is stopped (mapped by the native addon and compared in place; without the addon,
+ * read with positioned I/O: a memory copy on tmpfs), and a standby is
  * restored by writing the committed RAM into its own file before the (tiny) stream is loaded.
  */
 import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { KemariError } from '../errors.js';
+import { mmapFile, mmapImplementation, unmap } from '../pages/mmap.js';
 import type { GuestMemory, GuestRamBlock } from './guest-memory.js';
 
 /** Bytes read per request while scanning the file (4 MiB). */
@@ -52,12 +54,21 @@ export class SharedMemoryFile {
         details: { block: block.name, lengthBytes: block.lengthBytes, sizeBytes: this.sizeBytes },
       });
     }
+    if (mmapImplementation() === 'native') {
+      // Compared in place: the file mapped once (MAP_SHARED sees every write QEMU makes), one native scan a capture.
+      this.mapping ??= new Uint8Array(mmapFile(this.path, this.sizeBytes));
+      memory.scanRange(block.offsetBytes, this.mapping);
+      return;
+    }
     for (let position = 0; position < this.sizeBytes; position += SCAN_CHUNK_BYTES) {
       const length = Math.min(SCAN_CHUNK_BYTES, this.sizeBytes - position);
       await this.readFully(this.scratch, length, position);
-      memory.receiveRange(block.offsetBytes + position, this.scratch.subarray(0, length));
+      memory.scanRange(block.offsetBytes + position, this.scratch.subarray(0, length));
     }
   }
+
+  /** The file mapped into memory (native addon only), kept across captures. */
+  private mapping: Uint8Array | undefined;
 
   /** Writes `bytes` (the whole block) into the file: a standby's RAM before its restore stream is loaded. */
   async writeAll(bytes: Uint8Array): Promise<void> {
@@ -75,6 +86,8 @@ export class SharedMemoryFile {
 
   /** Closes the file (QEMU's mapping stays). Idempotent. */
   async close(): Promise<void> {
+    if (this.mapping !== undefined) unmap(this.mapping.buffer as ArrayBuffer);
+    this.mapping = undefined;
     await this.handle.close().catch(() => {});
   }
 
