@@ -1,22 +1,44 @@
-/** `kemari protect`: protects a VM by checkpointing it to a standby (`kemari standby`). */
+/**
+ * `kemari protect`: protects a VM by checkpointing it to a standby (`kemari standby`): the embedded simulated guest
+ * by default, or a real QEMU (`--qemu-image` launches one on an image served by kemari; `--qmp` attaches to one).
+ */
 import { parseArgs } from 'node:util';
 import { KemariError } from '../errors.js';
+import type { Arbiter } from '../failover/arbiter.js';
+import type { Fault, PrimaryOptions } from '../primary/primary.js';
+import type { Endpoint } from '../transport/index.js';
 import { arbiterFrom, parseCount, parseEndpoint, parseSync } from './args.js';
+import { CliQemuGuest } from './qemu-guest.js';
+import { QEMU_FLAGS_HELP, QEMU_FLAG_OPTIONS, qemuMachineArgs, socketDir } from './qemu-options.js';
 import { runProtection } from './protection.js';
 import { Reporter } from './reporter.js';
 import type { CliIo } from './reporter.js';
+import { SerialOutside } from './serial-outside.js';
 import { SimulatedGuest } from './simulated-guest.js';
 import { untilStopped } from './until-stopped.js';
+
+/** The checkpoint interval of an attached QEMU unless --sync says otherwise (ms). */
+const ATTACHED_INTERVAL_MS_DEFAULT = 100;
 
 export const PROTECT_HELP = `usage: kemari protect --secondary HOST:PORT|/PATH --session ID [options]
 
 Protects a VM: a full sync to the standby, then one ft-transaction per epoch; the VM's output is held until the
 epoch that produced it is acked. Runs until interrupted (SIGINT/SIGTERM), then stops protecting (the VM runs on).
 
-The VM:
+The VM (the simulated guest unless --qemu-image or --qmp is given):
   --simulated-mib N        the embedded simulated guest of N MiB (default 64), driven by a seeded workload
   --workload-ms MS         how often the simulated guest steps (default 5)
   --seed N                 the simulated guest's seed (default 1)
+  --qemu-image PATH        launch QEMU on this raw disk image, served by kemari over NBD, so every disk write
+                           rides in its epoch (writes land in the file); its serial port (COM1) is tapped: output
+                           leaves (stdout or --serial-out) only once its epoch is acked. QEMU's faults and death
+                           hand over to the standby at once. Stopping kemari stops this QEMU.
+  --qmp PATH               or attach to a QEMU that already runs, by its QMP socket. Its disk is NOT captured
+                           (kemari does not serve it: give the standby the same disk, and expect it to hold writes
+                           of epochs that never committed) and its serial output is NOT held back. Memory and
+                           devices are protected; stopping kemari leaves this QEMU running. Without output to
+                           trigger checkpoints, --sync defaults to periodic:${ATTACHED_INTERVAL_MS_DEFAULT} here.
+${QEMU_FLAGS_HELP}
 
 Replication:
   --secondary ENDPOINT     where the standby listens (host:port, or an absolute unix socket path)
@@ -36,9 +58,11 @@ Single writer:
   --lease-ttl-ms MS        lease ttl (default 3000)
 
 Output:
-  --json                   events and status as JSON lines
+  --json                   events and status as JSON lines (the guest's serial lines as 'serial' events)
   --status-ms MS           status line period (default 1000)
   --help                   this text
+
+Exit status: 0 when stopped; 1 when the protected QEMU died (after handing over to the standby) or on an error.
 `;
 
 /** Runs until stopped; resolves with the exit code. */
@@ -64,6 +88,9 @@ export async function protectCommand(argv: string[], io: CliIo, signal: AbortSig
       'lease-ttl-ms': { type: 'string' },
       json: { type: 'boolean', default: false },
       'status-ms': { type: 'string' },
+      'qemu-image': { type: 'string' },
+      qmp: { type: 'string' },
+      ...QEMU_FLAG_OPTIONS,
       help: { type: 'boolean', default: false },
     },
     strict: true,
@@ -77,29 +104,36 @@ export async function protectCommand(argv: string[], io: CliIo, signal: AbortSig
   if (values.session === undefined) throw new KemariError('KEMARI_INVALID_ARGUMENT', '--session is required');
   const onLoss = values['on-loss'] ?? 'hold';
   if (onLoss !== 'hold' && onLoss !== 'pause' && onLoss !== 'continue') throw new KemariError('KEMARI_INVALID_ARGUMENT', '--on-loss must be hold, pause or continue');
-  const guest = SimulatedGuest.create(parseCount('simulated-mib', values['simulated-mib'], 64), parseCount('seed', values.seed, 1), Math.max(1, parseCount('workload-ms', values['workload-ms'], 5)));
+  // An attached QEMU's output is not tapped, so no output triggers a checkpoint: epochs on a timer instead.
+  const sync = parseSync(values.sync ?? (values.qmp !== undefined ? `periodic:${ATTACHED_INTERVAL_MS_DEFAULT}` : undefined));
+  const qemu = values['qemu-image'] !== undefined || values.qmp !== undefined;
+  if (values['qemu-image'] !== undefined && values.qmp !== undefined) throw new KemariError('KEMARI_INVALID_ARGUMENT', 'give --qemu-image or --qmp, not both');
+  if (values.qmp !== undefined && !values.qmp.startsWith('/')) throw new KemariError('KEMARI_INVALID_ARGUMENT', '--qmp must be the absolute path of a QMP unix socket');
+  const machineArgs = qemu ? qemuMachineArgs(values) : [];
   const arbiter = await arbiterFrom(values);
+  const options = (vmOptions: Pick<PrimaryOptions, 'vm'>): PrimaryOptions => ({
+    ...vmOptions,
+    secondary,
+    sessionId: values.session!,
+    sync,
+    pipelineDepth: Math.max(1, parseCount('pipeline', values.pipeline, 2)),
+    verify: values.verify,
+    heartbeat: { intervalMs: Math.max(1, parseCount('heartbeat-ms', values['heartbeat-ms'], 100)), missedMax: Math.max(1, parseCount('missed', values.missed, 5)) },
+    ...(values['heartbeat-path'] === undefined ? {} : { heartbeatPath: parseEndpoint('heartbeat-path', values['heartbeat-path']) }),
+    onSecondaryLoss: onLoss,
+    reconnectDelayMs: parseCount('reconnect-ms', values['reconnect-ms'], 1000),
+    ...(arbiter === undefined ? {} : { arbiter, leaseTtlMs: parseCount('lease-ttl-ms', values['lease-ttl-ms'], 3000) }),
+    signal,
+  });
+  const statusEveryMs = Math.max(50, parseCount('status-ms', values['status-ms'], 1000));
+  if (qemu) {
+    return protectQemu({ values, machineArgs, secondary, sessionId: values.session, arbiter, options, reporter, io, signal, statusEveryMs });
+  }
+  const guest = SimulatedGuest.create(parseCount('simulated-mib', values['simulated-mib'], 64), parseCount('seed', values.seed, 1), Math.max(1, parseCount('workload-ms', values['workload-ms'], 5)));
   reporter.event('starting', { secondary, sessionId: values.session, memoryBytes: guest.vm.memoryBytes }, `protecting a ${guest.vm.memoryBytes >> 20} MiB simulated guest to ${values.secondary}`);
   let protection;
   try {
-    protection = await runProtection(
-      {
-        vm: guest.vm,
-        secondary,
-        sessionId: values.session,
-        sync: parseSync(values.sync),
-        pipelineDepth: Math.max(1, parseCount('pipeline', values.pipeline, 2)),
-        verify: values.verify,
-        heartbeat: { intervalMs: Math.max(1, parseCount('heartbeat-ms', values['heartbeat-ms'], 100)), missedMax: Math.max(1, parseCount('missed', values.missed, 5)) },
-        ...(values['heartbeat-path'] === undefined ? {} : { heartbeatPath: parseEndpoint('heartbeat-path', values['heartbeat-path']) }),
-        onSecondaryLoss: onLoss,
-        reconnectDelayMs: parseCount('reconnect-ms', values['reconnect-ms'], 1000),
-        ...(arbiter === undefined ? {} : { arbiter, leaseTtlMs: parseCount('lease-ttl-ms', values['lease-ttl-ms'], 3000) }),
-        signal,
-      },
-      reporter,
-      Math.max(50, parseCount('status-ms', values['status-ms'], 1000)),
-    );
+    protection = await runProtection(options({ vm: guest.vm }), reporter, statusEveryMs);
   } catch (error) {
     guest.stop();
     await arbiter?.close();
@@ -114,4 +148,74 @@ export async function protectCommand(argv: string[], io: CliIo, signal: AbortSig
   const stats = protection.primary.stats();
   reporter.event('stopped', { why, ackedTxn: stats.ackedTxn, epochs: stats.epochs, outputsReleased: stats.outputsReleased }, `stopped (${why}) after ${stats.epochs} epochs, txn ${stats.ackedTxn}`);
   return 0;
+}
+
+/** How long a quiesced primary keeps its connection after QEMU died, so the FAILOVER queued behind it drains (ms). */
+const FAILOVER_DRAIN_MS = 500;
+
+/**
+ * `kemari protect` with a real QEMU: launches or attaches, protects it through its fault guard, and runs until
+ * stopped or until QEMU dies (then the primary has quiesced and handed over; the command ends with status 1).
+ */
+async function protectQemu(ctx: {
+  values: { 'qemu-image'?: string | undefined; qmp?: string | undefined; 'qemu-dir'?: string | undefined; 'serial-out'?: string | undefined; json: boolean };
+  machineArgs: string[];
+  secondary: Endpoint;
+  sessionId: string;
+  arbiter: Arbiter | undefined;
+  options: (vm: Pick<PrimaryOptions, 'vm'>) => PrimaryOptions;
+  reporter: Reporter;
+  io: CliIo;
+  signal: AbortSignal;
+  statusEveryMs: number;
+}): Promise<number> {
+  const { values, reporter } = ctx;
+  const image = values['qemu-image'];
+  const dir = await socketDir(values['qemu-dir']);
+  let outside: SerialOutside | undefined;
+  let guest: CliQemuGuest | undefined;
+  let protection: Awaited<ReturnType<typeof runProtection>> | undefined;
+  try {
+    outside = await SerialOutside.open({ file: values['serial-out'], reporter, json: values.json, io: ctx.io, source: 'primary' });
+    guest = image !== undefined ? await CliQemuGuest.launch({ image, machineArgs: ctx.machineArgs, dir: dir.path, outside }) : await CliQemuGuest.attach(values.qmp!, dir.path);
+    const vm = guest.vm;
+    const where = 'path' in ctx.secondary ? ctx.secondary.path : `${ctx.secondary.host}:${ctx.secondary.port}`;
+    reporter.event(
+      'starting',
+      { secondary: ctx.secondary, sessionId: ctx.sessionId, memoryBytes: vm.memoryBytes, qemu: guest.launched ? 'launched' : 'attached', pid: vm.process?.pid, diskBytes: vm.disks[0]?.bytes ?? 0, dir: dir.path },
+      guest.launched
+        ? `protecting QEMU (pid ${vm.process?.pid}, ${vm.memoryBytes >> 20} MiB of RAM blocks, disk ${image}) to ${where}`
+        : `protecting the QEMU at ${values.qmp} to ${where}: memory and devices only, its disk is not captured and its serial output not held`,
+    );
+    protection = await runProtection(ctx.options({ vm: guest.guard }), reporter, ctx.statusEveryMs);
+    const primary = protection.primary;
+    primary.on('fault', (fault: Fault) => reporter.event('fault', { ...fault }, `${fault.severity} fault from ${fault.source}${fault.detail === undefined ? '' : `: ${fault.detail}`}`));
+    guest.bind(primary);
+    const stopper = new AbortController();
+    const ended = await Promise.race([
+      untilStopped(AbortSignal.any([ctx.signal, stopper.signal])).then((why) => ({ why, gone: undefined })),
+      guest.guard.gone.then((gone) => ({ why: 'qemu-exited', gone })),
+    ]);
+    stopper.abort();
+    const stats = primary.stats();
+    if (ended.gone !== undefined) {
+      // The guard reported the death: the primary quiesced and queued FAILOVER; let it reach the standby.
+      await new Promise((resolve) => setTimeout(resolve, FAILOVER_DRAIN_MS));
+      reporter.event(
+        'qemu-exited',
+        { reason: ended.gone, state: primary.state, ackedTxn: stats.ackedTxn, epochs: stats.epochs, outputsReleased: stats.outputsReleased },
+        `QEMU is gone (${ended.gone}): handed over to the standby at txn ${stats.ackedTxn} after ${stats.epochs} epochs`,
+      );
+      return 1;
+    }
+    reporter.event('stopped', { why: ended.why, ackedTxn: stats.ackedTxn, epochs: stats.epochs, outputsReleased: stats.outputsReleased }, `stopped (${ended.why}) after ${stats.epochs} epochs, txn ${stats.ackedTxn}`);
+    return 0;
+  } finally {
+    protection?.stopStatus();
+    protection?.primary.close();
+    await guest?.close();
+    await outside?.close();
+    await ctx.arbiter?.close();
+    await dir.remove();
+  }
 }

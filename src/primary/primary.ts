@@ -532,7 +532,8 @@ export class Primary extends EventEmitter {
     });
     this.tap.discard(error);
     this.postMortemNow = { fault, ackedTxn: this.ackedTxnNow, inFlight: this.pending.length, vm: this.vm };
-    await this.onVm(() => this.vm.pause());
+    // A VM that died (QEMU killed) cannot be paused, and need not be: the handover goes out regardless.
+    await this.onVm(() => this.vm.pause()).catch(() => {});
     // Known not to write any more: the lease goes back at once, so the secondary need not wait for it to expire.
     void this.keeper?.release();
     const connection = this.connection;
@@ -911,6 +912,11 @@ export class Primary extends EventEmitter {
       // Whatever the capture took is gone: only a full sync is sure to bring the secondary back in step.
       this.needFull = true;
       this.carry = [];
+      if (error instanceof KemariError && error.code === 'KEMARI_QEMU_EXITED') {
+        // The VM itself is gone: a fatal fault, handed over at once, not a lost secondary.
+        void this.reportFault({ source: 'vm', severity: 'fatal', detail: error.message });
+        return;
+      }
       this.fail(error instanceof KemariError ? error : new KemariError('KEMARI_INVALID_ARGUMENT', 'the VM failed to capture an epoch', { cause: error }));
     } finally {
       this.capturing = false;

@@ -130,12 +130,14 @@ export class QemuStandby {
    * VM, which owns the process and the disk from then on. Once only (KEMARI_INVALID_ARGUMENT after). A snapshot
    * that does not fit (not taken from a QemuVm, other sizes) is KEMARI_INVALID_ARGUMENT; QEMU refusing the stream
    * is KEMARI_QMP_ERROR. A failed restore kills the standby (QEMU exits after a failed load anyway): start another.
+   * With `paused`, the guest is left stopped at exactly the committed state (resume it with `vm.resume()`, e.g. once
+   * its taps are connected, or after inspecting it).
    */
-  async restore(snapshot: ReplicaSnapshot): Promise<QemuVm> {
+  async restore(snapshot: ReplicaSnapshot, options: { paused?: boolean } = {}): Promise<QemuVm> {
     if (this.used) throw new KemariError('KEMARI_INVALID_ARGUMENT', 'this standby was already restored into');
     this.used = true;
     try {
-      return await this.restoreOnce(snapshot);
+      return await this.restoreOnce(snapshot, options.paused === true);
     } catch (error) {
       // QEMU exits after a failed incoming migration anyway: the standby is spent either way.
       await this.process.kill();
@@ -144,7 +146,7 @@ export class QemuStandby {
     }
   }
 
-  private async restoreOnce(snapshot: ReplicaSnapshot): Promise<QemuVm> {
+  private async restoreOnce(snapshot: ReplicaSnapshot, paused: boolean): Promise<QemuVm> {
     const startMs = performance.now();
     if (snapshot.pageBytes !== PAGE_BYTES) {
       throw new KemariError('KEMARI_INVALID_ARGUMENT', `a QEMU snapshot has ${PAGE_BYTES}-byte pages, not ${snapshot.pageBytes}`, { details: { pageBytes: snapshot.pageBytes } });
@@ -202,7 +204,7 @@ export class QemuStandby {
 
     // 4. The guest runs at once; the QemuVm around it (a copy of the committed memory as its shadow, the
     // checkpoint socket) is built after, off the failover path: its first capture is a full one anyway.
-    await qmp.execute('cont');
+    if (!paused) await qmp.execute('cont');
     const runningMs = performance.now();
     const vm = await QemuVm.adopt({
       qmp,
@@ -214,7 +216,7 @@ export class QemuStandby {
       ownsDisk: true,
       deviceState: state,
       memory: snapshot.memory,
-      paused: false,
+      paused,
     });
     this.lastRestore = { prepareMs: preparedMs - startMs, loadMs: loadedMs - preparedMs, contMs: runningMs - loadedMs, adoptMs: performance.now() - runningMs, streamBytes };
     return vm;

@@ -152,3 +152,51 @@ describe('heartbeats', () => {
     expect(primary.state).toBe('protected');
   });
 });
+
+describe('a VM that dies', () => {
+  /** A SimulatedVm whose every control call fails once it is "killed", as a SIGKILLed QEMU's do. */
+  function mortal(vm: SimulatedVm) {
+    let dead = false;
+    const check = () => {
+      if (dead) throw new KemariError('KEMARI_QEMU_EXITED', 'the VM process was killed');
+    };
+    const adapter = {
+      memoryBytes: vm.memoryBytes,
+      pageBytes: vm.pageBytes,
+      deviceNames: vm.deviceNames,
+      disks: vm.disks,
+      pause: () => (check(), vm.pause()),
+      resume: () => (check(), vm.resume()),
+      capture: (o: Parameters<SimulatedVm['capture']>[0]) => (check(), vm.capture(o)),
+    };
+    return { adapter, kill: () => (dead = true) };
+  }
+
+  async function pairWith(vm: ReturnType<typeof mortal>['adapter']) {
+    const secondary = await Secondary.listen({ port: 0, heartbeat: HEARTBEAT });
+    cleanups.push(() => secondary.close());
+    const primary = await Primary.start({ vm, secondary: { host: '127.0.0.1', port: secondary.port }, heartbeat: HEARTBEAT, sync: { mode: 'periodic', intervalMs: 10 }, reconnectDelayMs: 0 });
+    cleanups.push(() => primary.close());
+    return { secondary, primary };
+  }
+
+  it('a fatal fault about a VM that can no longer be paused still hands over at once', async () => {
+    const { adapter, kill } = mortal(new SimulatedVm({ memoryBytes: 1 << 18, seed: 5 }));
+    const { secondary, primary } = await pairWith(adapter);
+    const promoted = once<Promotion>(secondary, 'promoted');
+    kill();
+    await primary.reportFault({ source: 'qmp', severity: 'fatal', detail: 'QEMU exited' });
+    expect(primary.state).toBe('quiesced');
+    expect((await promoted).txn).toBeGreaterThan(0);
+  });
+
+  it('a capture that finds the VM gone is a fatal fault: the secondary promotes without waiting for heartbeats', async () => {
+    const { adapter, kill } = mortal(new SimulatedVm({ memoryBytes: 1 << 18, seed: 6 }));
+    const { secondary, primary } = await pairWith(adapter);
+    const promoted = once<Promotion>(secondary, 'promoted');
+    const quiesced = once<PostMortem>(primary, 'quiesced');
+    kill();
+    expect((await quiesced).fault).toMatchObject({ source: 'vm', severity: 'fatal' });
+    await promoted;
+  });
+});
