@@ -4,7 +4,8 @@
  * instead of waiting for heartbeats to time out.
  *
  * What is fatal: GUEST_PANICKED; BLOCK_IO_ERROR (the disk failed: the standby has its own copy of every committed
- * write); a STOP kemari did not ask for (QEMU paused the guest on an error); SHUTDOWN caused by the host (a signal,
+ * write), except ENOSPC, which is kemari's own backpressure when an epoch's disk log is full (a warning, and the
+ * STOP QEMU follows it with is expected); a STOP kemari did not ask for (QEMU paused the guest on an error); SHUTDOWN caused by the host (a signal,
  * a QMP quit); the QMP session closing or the process exiting. Warnings: a guest-initiated SHUTDOWN or RESET (the
  * guest meant it), everything else is ignored. {@link classifyQemuEvent} is the pure decision; {@link watchQemuFaults}
  * wires it to a running QEMU.
@@ -27,6 +28,9 @@ export function classifyQemuEvent(event: QmpEvent, ownStop: boolean): QemuFault 
     case 'GUEST_PANICKED':
       return { source: 'qmp', severity: 'fatal', detail: `GUEST_PANICKED ${JSON.stringify(data.info ?? data.action ?? {})}` };
     case 'BLOCK_IO_ERROR':
+      // ENOSPC is kemari's own backpressure (the epoch's disk write log is full, QemuDisk answers NBD ENOSPC): QEMU
+      // stops the guest until the next capture continues it. Not a failure of the disk.
+      if (data.nospace === true) return { source: 'qmp', severity: 'warning', detail: `BLOCK_IO_ERROR (no space: the epoch's disk log is full) on ${String(data.device ?? data['node-name'] ?? '?')}` };
       return { source: 'qmp', severity: 'fatal', detail: `BLOCK_IO_ERROR on ${String(data.device ?? data['node-name'] ?? '?')}: ${String(data.operation ?? '')} ${String(data.reason ?? '')}`.trim() };
     case 'STOP':
       return ownStop ? undefined : { source: 'qmp', severity: 'fatal', detail: 'STOP: QEMU paused the guest on its own' };
@@ -61,8 +65,16 @@ export function watchQemuFaults(sources: QemuFaultSources, report: (fault: QemuF
     ended = true;
     report({ source: 'qemu', severity: 'fatal', detail });
   };
+  // After a no-space BLOCK_IO_ERROR, QEMU stops the guest itself (runstate io-error): that STOP is expected.
+  let noSpaceStop = false;
   const onEvent = (event: QmpEvent): void => {
     if (!watching) return;
+    if (event.event === 'BLOCK_IO_ERROR' && event.data.nospace === true) noSpaceStop = true;
+    if (event.event === 'STOP' && noSpaceStop) {
+      noSpaceStop = false;
+      return;
+    }
+    if (event.event === 'RESUME') noSpaceStop = false;
     const fault = classifyQemuEvent(event, ownStop());
     if (fault !== undefined) report(fault);
   };

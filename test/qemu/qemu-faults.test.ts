@@ -9,6 +9,7 @@ describe('classifyQemuEvent', () => {
   it('fatal: panics, disk errors, stops kemari did not ask for, host-caused shutdowns; warnings: what the guest meant', () => {
     expect(classifyQemuEvent(event('GUEST_PANICKED', { action: 'pause' }), false)?.severity).toBe('fatal');
     expect(classifyQemuEvent(event('BLOCK_IO_ERROR', { device: 'ide0-hd0', operation: 'write' }), false)?.severity).toBe('fatal');
+    expect(classifyQemuEvent(event('BLOCK_IO_ERROR', { device: 'ide0-hd0', operation: 'write', nospace: true }), false)?.severity).toBe('warning');
     expect(classifyQemuEvent(event('STOP'), false)?.severity).toBe('fatal');
     expect(classifyQemuEvent(event('STOP'), true)).toBeUndefined();
     expect(classifyQemuEvent(event('SHUTDOWN', { guest: false, reason: 'host-signal' }), false)?.severity).toBe('fatal');

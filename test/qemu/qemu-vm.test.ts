@@ -24,6 +24,8 @@ import { MemoryNbdBackend } from '../../src/qemu/nbd/memory-nbd-backend.js';
 import { QemuDisk } from '../../src/qemu/qemu-disk.js';
 import { QEMU_DEVICE_NAME } from '../../src/qemu/qemu-device-state.js';
 import { QemuStandby } from '../../src/qemu/qemu-standby.js';
+import { watchQemuFaults } from '../../src/qemu/qemu-faults.js';
+import type { QemuFault } from '../../src/qemu/qemu-faults.js';
 import { QemuVm } from '../../src/qemu/qemu-vm.js';
 import type { QemuProcess } from '../../src/qemu/qemu-process.js';
 import type { QmpClient } from '../../src/qemu/qmp-client.js';
@@ -288,6 +290,10 @@ describe.skipIf(SKIP)('QemuVm with real QEMU', () => {
     const stopped = qemu.qmp.waitForEvent('BLOCK_IO_ERROR', () => true, 10_000);
     const vm = await QemuVm.attach({ qmp: qemu.qmp, disk, migrationSocketPath: join(dir.path, 'mig.sock') });
     cleanups.push(() => vm.close());
+    // kemari's own backpressure is not a fault: no failover for a full disk log, nor for the STOP QEMU follows it with.
+    const faults: QemuFault[] = [];
+    const unwatch = watchQemuFaults({ qmp: qemu.qmp }, (fault) => faults.push(fault), () => vm.stoppedByKemari);
+    cleanups.push(unwatch);
     // Capturing is refused while the guest runs.
     await expect(vm.capture({ full: true, digest: false })).rejects.toMatchObject({ code: 'KEMARI_INVALID_ARGUMENT' });
     const event = await stopped;
@@ -303,6 +309,8 @@ describe.skipIf(SKIP)('QemuVm with real QEMU', () => {
     // The refused write is retried and the guest goes on (until the log fills again).
     await waitFor(async () => (await readGuestWords(qemu.qmp, DISK_WRITES_ADDRESS, 1))[0]! > writesBefore!, 5000);
     expect(disk.logBytes).toBeGreaterThan(0);
+    expect(faults.filter((f) => f.severity === 'fatal')).toEqual([]);
+    expect(faults.some((f) => f.detail.includes('no space'))).toBe(true);
   });
 
   it('reports QEMU gone as KEMARI_QEMU_EXITED and refuses a snapshot that is not a QEMU one', async () => {
