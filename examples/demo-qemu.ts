@@ -142,7 +142,15 @@ async function run(): Promise<number> {
 
   const guard = new QemuFaultGuard(vm);
   const syncStart = performance.now();
-  const primary = await Primary.start({ vm: guard, secondary: { host: '127.0.0.1', port: secondary.port }, sessionId: 'demo-qemu', verify: true, precopyRoundsMax: 0 });
+  const primary = await Primary.start({
+    vm: guard,
+    secondary: { host: '127.0.0.1', port: secondary.port },
+    sessionId: 'demo-qemu',
+    verify: true,
+    precopyRoundsMax: 0,
+    // What the guest printed before each checkpoint's stop belongs to that epoch.
+    settleOutputs: () => tap.settle(),
+  });
   cleanups.push(() => primary.close());
   primarySink.bind(primary);
   guard.watch(primary);

@@ -187,7 +187,9 @@ async function protectQemu(ctx: {
         ? `protecting QEMU (pid ${vm.process?.pid}, ${vm.memoryBytes >> 20} MiB of RAM blocks, disk ${image}) to ${where}`
         : `protecting the QEMU at ${values.qmp} to ${where}: memory and devices only, its disk is not captured and its serial output not held`,
     );
-    protection = await runProtection(ctx.options({ vm: guest.guard }), reporter, ctx.statusEveryMs);
+    const serialTap = guest.tap;
+    // What the guest printed before each checkpoint's stop belongs to that epoch.
+    protection = await runProtection(ctx.options({ vm: guest.guard, ...(serialTap === undefined ? {} : { settleOutputs: () => serialTap.settle() }) }), reporter, ctx.statusEveryMs);
     const primary = protection.primary;
     primary.on('fault', (fault: Fault) => reporter.event('fault', { ...fault }, `${fault.severity} fault from ${fault.source}${fault.detail === undefined ? '' : `: ${fault.detail}`}`));
     guest.bind(primary);

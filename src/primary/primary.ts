@@ -73,6 +73,12 @@ export interface PrimaryOptions {
   reconnectDelayMs?: number;
   /** The clock and timers (injectable: the deterministic simulation runs the primary on virtual time). */
   timers?: Timers;
+  /**
+   * Called at each checkpoint with the VM paused, before the epoch's outputs are sealed: output taps outside the
+   * VM (QEMU's serial and network sockets) hand over what the guest wrote before the pause, so it belongs to this
+   * epoch and is replayed if the secondary resumes from it (e.g. `() => serialTap.settle()`).
+   */
+  settleOutputs?: () => Promise<void> | void;
   /** Mutual TLS (host/port endpoints only). */
   tls?: ConnectTlsOptions;
   /** Checkpoint policy. Default `{ mode: 'event' }`. */
@@ -321,6 +327,7 @@ export class Primary extends EventEmitter {
   private readonly precopyStopPages: number;
   private readonly abortListener: (() => void) | undefined;
   private readonly signal: AbortSignal | undefined;
+  private readonly settleOutputs: (() => Promise<void> | void) | undefined;
   private readonly heartbeatConnector: ((signal?: AbortSignal) => Promise<Connection>) | undefined;
   private heartbeatLink: HeartbeatLink | undefined;
   private heartbeatPathTimer: TimerHandle | undefined;
@@ -352,6 +359,7 @@ export class Primary extends EventEmitter {
     this.connector = Primary.connectorOf(options);
     this.connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
     this.reconnectDelayMs = options.reconnectDelayMs ?? 1000;
+    this.settleOutputs = options.settleOutputs;
     if (options.onProgress !== undefined) this.on('progress', options.onProgress);
     if (options.onCapture !== undefined) this.on('capture', options.onCapture);
     this.precopyRoundsMax = options.precopyRoundsMax ?? 4;
@@ -846,6 +854,7 @@ export class Primary extends EventEmitter {
       let events;
       const sealedTxn = core.captureTxn;
       try {
+        if (this.settleOutputs !== undefined) await this.settleOutputs();
         capture = await this.onVm(() =>
           this.vm.capture(precopied ? { full: false, wholeDisks: true, digest: this.verifyActive } : { full, digest: this.verifyActive }),
         );

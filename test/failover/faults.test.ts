@@ -200,3 +200,40 @@ describe('a VM that dies', () => {
     await promoted;
   });
 });
+
+describe('settleOutputs', () => {
+  it('output handed over while the VM is paused for a capture belongs to that epoch', async () => {
+    const secondary = await Secondary.listen({ port: 0 });
+    cleanups.push(() => secondary.close());
+    const vm = new SimulatedVm({ memoryBytes: 1 << 18, seed: 8 });
+    let primary: Primary | undefined;
+    let armed = false;
+    let during: { paused: boolean; capture: number } | undefined;
+    let late: Promise<void> | undefined;
+    const captures: PrimaryCapture[] = [];
+    primary = await Primary.start({
+      vm,
+      secondary: { host: '127.0.0.1', port: secondary.port },
+      sync: { mode: 'periodic', intervalMs: 5 },
+      onCapture: (c) => captures.push(c),
+      settleOutputs: async () => {
+        if (!armed || primary === undefined) return;
+        armed = false;
+        // The capture in progress is the next one reported.
+        during = { paused: vm.paused, capture: captures.length };
+        // What a tap reads from QEMU's socket after the stop: the guest wrote it during the epoch being captured.
+        late = primary.tap.output('serial0', Uint8Array.of(42));
+        await new Promise((r) => setImmediate(r));
+      },
+    });
+    cleanups.push(() => primary!.close());
+    const released = new Promise<{ txn: number }>((resolve) => primary!.once('release', resolve));
+    armed = true;
+    const { txn } = await released;
+    await late;
+    expect(during?.paused).toBe(true);
+    const capture = captures[during!.capture]!;
+    expect(capture.outputs).toBe(1);
+    expect(capture.txn).toBe(txn);
+  });
+});

@@ -175,7 +175,7 @@ describe.skipIf(SKIP)(`failover of a real QEMU killed at random moments (${SKIP 
       const promoted = new Promise<Promotion<QemuVm>>((resolve) => secondary.once('promoted', resolve));
 
       const guard = new QemuFaultGuard(vm);
-      const primary = await Primary.start({ vm: guard, secondary: { host: '127.0.0.1', port: secondary.port }, verify: true, precopyRoundsMax: 0 });
+      const primary = await Primary.start({ vm: guard, secondary: { host: '127.0.0.1', port: secondary.port }, verify: true, precopyRoundsMax: 0, settleOutputs: () => tap.settle() });
       cleanups.push(() => primary.close());
       primarySink.bind(primary);
       let faultAt = 0;

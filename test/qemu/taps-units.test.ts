@@ -114,6 +114,18 @@ describe('OutputPipeline', () => {
     expect(out.map(text)).toEqual(Array.from({ length: 10 }, (_, i) => `f${i}`));
   });
 
+  it('settle() returns once everything pushed has been handed to the tap, so the next seal takes it', async () => {
+    const tap = new EventTap();
+    const { pipeline } = harness(tap, { coalesce: true });
+    pipeline.push(bytes('before the stop, part 1'));
+    pipeline.push(bytes(', part 2'));
+    expect(tap.openCount).toBe(0); // not yet offered: a seal now would leave it to a later epoch
+    await pipeline.settle();
+    expect(tap.openCount).toBe(1);
+    expect(text(tap.seal(1)[0]!.payload)).toBe('before the stop, part 1, part 2');
+    await pipeline.settle(); // nothing pending: returns at once
+  });
+
   it('coalesces a byte stream read in one turn into one output, bounded by outputBytesMax', async () => {
     const tap = new EventTap();
     const { pipeline, out } = harness(tap, { coalesce: true, outputBytesMax: 8, waitingBytesMax: 64 });

@@ -203,6 +203,14 @@ export class NetTap extends EventEmitter<NetTapEvents> {
   }
 
   /**
+   * Call with the VM stopped, before its epoch is sealed (the primary's `settleOutputs`): resolves once what the
+   * guest wrote before the stop has been read and handed to the event-tap, so it belongs to that epoch.
+   */
+  settle(timeoutMs?: number): Promise<void> {
+    return this.pipeline.settle(timeoutMs);
+  }
+
+  /**
    * The QEMU arguments that attach a NIC to this tap: `-netdev stream,...,server=off -device <model>,netdev=<id>`.
    * `romfile=` skips the option ROM (about 2 s of boot under TCG).
    */

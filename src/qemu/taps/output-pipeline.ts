@@ -197,6 +197,23 @@ export class OutputPipeline {
     this.updateFlow();
   }
 
+  /**
+   * Resolves once what the guest wrote before it stopped has been handed to the sink: the epoch being captured
+   * must seal it, or a failover to that epoch would lose it (the guest believes it sent it). Waits turns of the
+   * event loop until one brings no new bytes and nothing waits or is being offered, at most `timeoutMs`. Output the
+   * tap refuses (full) stays queued: that much may then belong to a later epoch.
+   */
+  async settle(timeoutMs = 20): Promise<void> {
+    const deadlineMs = performance.now() + timeoutMs;
+    let seen = -1;
+    while (!this.closedNow && performance.now() < deadlineMs) {
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      const quiet = this.counters.bytesIn === seen && this.probing === undefined && !this.pumpScheduled;
+      if (quiet && (this.waiting.length === 0 || this.refused)) return;
+      seen = this.counters.bytesIn;
+    }
+  }
+
   /** Delivers released outputs while the outside is ready; call it when the outside becomes ready again. */
   flush(): void {
     if (this.closedNow) return;

@@ -157,6 +157,14 @@ export class SerialTap extends EventEmitter<SerialTapEvents> {
     }
   }
 
+  /**
+   * Call with the VM stopped, before its epoch is sealed (the primary's `settleOutputs`): resolves once what the
+   * guest wrote before the stop has been read and handed to the event-tap, so it belongs to that epoch.
+   */
+  settle(timeoutMs?: number): Promise<void> {
+    return this.pipeline.settle(timeoutMs);
+  }
+
   /** The QEMU arguments that connect COM1 to this tap: `-chardev socket,...,server=off -serial chardev:<id>`. */
   qemuArgs(id = 's0'): string[] {
     return ['-chardev', `socket,id=${id},path=${this.path.replaceAll(',', ',,')},server=off`, '-serial', `chardev:${id}`];
