@@ -28,7 +28,7 @@ export const ERROR_CODES = {
   KEMARI_LISTEN_FAILED: 'A listener could not be bound (address in use, a live socket at the path, no permission).',
   KEMARI_CONNECTION_CLOSED: 'The connection closed before the operation completed.',
   KEMARI_TLS_REFUSED: 'The TLS handshake failed: the peer presented no certificate or one not signed by the trusted CA.',
-  KEMARI_BUSY: 'The secondary already serves a primary; a second one is refused (single writer).',
+  KEMARI_BUSY: 'The secondary already serves a primary (single writer), or a bounded queue is full: the request is refused, not queued.',
   KEMARI_TAP_FULL: 'The event-tap holds its maximum of events or bytes; the output was refused, not queued.',
   KEMARI_VM_PAUSED: 'The VM was written to while paused.',
   KEMARI_DISK_LOG_FULL: "The epoch's disk write log reached diskLogBytesMax; the write was refused: capture the epoch first.",
@@ -45,6 +45,7 @@ export const ERROR_CODES = {
   KEMARI_TIMEOUT: 'An operation did not complete within its timeout (a QMP command, a migration, a process start).',
   KEMARI_MIGRATION_FORMAT: 'A QEMU migration stream is malformed, or uses a capability or record this parser does not support.',
   KEMARI_NBD_PROTOCOL: 'An NBD client broke the protocol (bad magic, unknown option or command, out-of-range request).',
+  KEMARI_WORKER_FAILED: 'A page worker thread could not start, crashed or exited; its operation failed (the pool replaces the thread).',
   KEMARI_CLOSED: 'The object was closed; pending outputs are discarded, never released.',
   KEMARI_ABORTED: 'The operation was aborted through its AbortSignal.',
 } as const satisfies Record<string, string>;

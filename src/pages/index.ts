@@ -13,3 +13,7 @@ export { decodeDelta, encodeDelta, validateDelta } from './delta.js';
 export { DELTA_GAP_BYTES_MIN, DELTA_PAGE_BYTES_MAX, DELTA_VARINT_BYTES_MAX, DeltaFault } from './delta-format.js';
 export { mmapFile, mmapImplementation, unmap } from './mmap.js';
 export type { MmapImplementation } from './mmap.js';
+export { PARALLEL_BYTES_MIN_DEFAULTS, PagesWorkerPool, QUEUE_DEPTH_MAX_DEFAULT, defaultWorkerCount, sharedBytes } from './worker-pool.js';
+export type { DeltaBatchOutput, DeltaBatchResult, PagesPoolOperation, PagesWorkerPoolOptions, PagesWorkerPoolStats, ParallelBytesMin } from './worker-pool.js';
+export { measureParallelBytesMin } from './worker-calibrate.js';
+export type { CalibrationOptions, CalibrationRow } from './worker-calibrate.js';
