@@ -523,7 +523,8 @@ export class Primary extends EventEmitter {
    * ({@link postMortem}), the outputs of unacked epochs are discarded with KEMARI_QUIESCED (never released), and
    * FAILOVER is sent behind the transactions already queued, so the secondary takes over at once, without waiting
    * for heartbeats and without fencing: this side is known not to run or release anything any more. Resolves once
-   * FAILOVER is handed to the connection (or at once when there is none). A `warning` is only reported ('fault').
+   * FAILOVER is queued behind the frames already queued (a `close()` right after still hands it over), or at once
+   * when there is no session. A `warning` is only reported ('fault').
    */
   async reportFault(fault: Fault): Promise<void> {
     if (fault === null || typeof fault !== 'object' || typeof fault.source !== 'string' || (fault.severity !== 'fatal' && fault.severity !== 'warning')) {
@@ -545,6 +546,13 @@ export class Primary extends EventEmitter {
     // Known not to write any more: the lease goes back at once, so the secondary need not wait for it to expire.
     void this.keeper?.release();
     const connection = this.connection;
+    if (connection !== undefined && previous !== 'syncing' && previous !== 'protected') {
+      // A reconnection attempt without a session yet: nothing to hand over on it, and it must not become one.
+      this.connection = undefined;
+      this.core.connectionLost();
+      this.sendQueue.length = 0;
+      connection.close(error);
+    }
     if (connection !== undefined && (previous === 'syncing' || previous === 'protected')) {
       this.write([
         encodeFrame({
@@ -595,8 +603,16 @@ export class Primary extends EventEmitter {
     this.tap.discard(error ?? new KemariError('KEMARI_CLOSED', 'the primary was closed'));
     this.core.connectionLost();
     for (const resolve of this.drainWaiters.splice(0)) resolve();
-    this.connection?.close(error);
+    const connection = this.connection;
     this.connection = undefined;
+    if (connection !== undefined && this.closeAfterFlush) {
+      // A quiesced primary's FAILOVER may still wait behind queued frames: hand them all over and close gracefully
+      // (after the writes), so the secondary hears it.
+      for (const frame of this.sendQueue.splice(0)) connection.write([frame.header, ...frame.body]);
+      connection.close();
+    } else {
+      connection?.close(error);
+    }
     this.settleStart?.(error ?? new KemariError('KEMARI_CLOSED', 'the primary was closed before protection began'));
   }
 
@@ -611,6 +627,7 @@ export class Primary extends EventEmitter {
       };
       this.write(this.core.start());
       this.startHeartbeats();
+      this.armHelloTimer(this.connection!);
     });
   }
 
@@ -707,6 +724,8 @@ export class Primary extends EventEmitter {
 
   private onEvents(events: SenderEvent[]): void {
     for (const event of events) {
+      // Quiesced (a fatal fault) or closed: a session or an ack arriving now changes nothing.
+      if (this.stateNow === 'quiesced' || this.stateNow === 'closed') return;
       switch (event.type) {
         case 'session':
           this.onSession(event.peer.committedTxn, event.features);
@@ -872,7 +891,8 @@ export class Primary extends EventEmitter {
         // VM's dirty tracking was reset by the capture.
         this.tap.unseal(sealedTxn);
         if (full) this.needFull = true;
-        else this.carry.push(capture);
+        // Merged at once: however often the link flaps, one carried capture at most.
+        else this.carry = [mergeCaptures([...this.carry, capture])];
         return;
       }
       if (full) this.carry = [];
@@ -1026,6 +1046,12 @@ export class Primary extends EventEmitter {
     if (this.stateNow === 'closed' || this.stateNow === 'quiesced') return;
     const hadSession = this.sessionUp;
     const wasProtected = this.stateNow === 'protected';
+    // A resumed session the secondary refused (its merged transaction too large, say) must not be tried the same way
+    // again: the next session brings the secondary back with a full sync.
+    if (this.stateNow === 'syncing' && this.sessionFrom.resumed && error.code === 'KEMARI_NACKED') {
+      this.needFull = true;
+      this.carry = [];
+    }
     this.lastError = error;
     this.sessionUp = false;
     this.stopTimers();
@@ -1087,7 +1113,12 @@ export class Primary extends EventEmitter {
     this.attach(connection);
     this.write(this.core.start());
     this.startHeartbeats();
-    // A secondary that accepts the connection but never answers HELLO must not hold up the next attempt.
+    this.armHelloTimer(connection);
+  }
+
+  /** A secondary that accepts the connection but never answers HELLO must not hold up start or the next attempt. */
+  private armHelloTimer(connection: Connection): void {
+    this.timers.clear(this.helloTimer);
     this.helloTimer = this.timers.setTimeout(() => {
       if (this.connection === connection && !this.sessionUp) {
         connection.close(new KemariError('KEMARI_TIMEOUT', `the secondary did not answer HELLO within ${this.connectTimeoutMs} ms`));

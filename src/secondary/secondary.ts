@@ -38,6 +38,7 @@ import type { VmAdapter } from '../vm/adapter.js';
 import { DEFAULT_BODY_BYTES_MAX } from '../wire/decoder.js';
 import { PROTOCOL_VERSION } from '../wire/header.js';
 import type { Hello } from '../wire/bodies/hello.js';
+import type { Failover } from '../wire/bodies/failover.js';
 import { isValidPageBytes } from '../wire/bodies/pages.js';
 import { HeartbeatLink } from '../failover/heartbeat-link.js';
 import { realTimers } from '../time/timers.js';
@@ -170,8 +171,10 @@ interface Session {
   core: ReceiverCore;
   detector: FailureDetector;
   timer: TimerHandle;
-  /** Transactions this session committed: a FAILOVER is honoured only from a session that replicated. */
+  /** Transactions this session committed. */
   commits: number;
+  /** Whole transactions this session delivered (applied, or on their way through the journal): a FAILOVER is honoured only from a session that replicated. */
+  received: number;
   /** With a journal, applies run one after another, asynchronously (append, sync, apply, ack). */
   chain: Promise<void>;
 }
@@ -201,6 +204,8 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
   private heardOnPathMs = Number.NEGATIVE_INFINITY;
   /** The newest lease generation of a primary served (single writer: older ones are refused). */
   private generationSeen = 0;
+  /** The newest session's journal work: a promotion waits for it, so it resumes a whole, settled epoch. */
+  private journalQueue: Promise<void> = Promise.resolve();
   /** Transactions handed to the journal and not yet applied (or refused). */
   private journaling = 0;
   private lastError: KemariError | undefined;
@@ -411,11 +416,15 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
     this.heartbeatListener = undefined;
     await this.listener?.close();
     this.listener = undefined;
-    const snapshot: ReplicaSnapshot = replica.snapshot();
+    // Transactions still on their way into the journal are applied first (nothing applies after): the snapshot and
+    // the replay are then of one settled epoch, and stay so while the VM is restored from them.
+    await this.journalQueue.catch(() => {});
+    const replay = [...(this.replicaNow ?? replica).pendingEvents];
+    const snapshot: ReplicaSnapshot = (this.replicaNow ?? replica).snapshot();
     const vm = this.options.restoreVm !== undefined ? await this.options.restoreVm(snapshot) : (SimulatedVm.restore(snapshot) as unknown as V);
     const lease = this.keeper?.current;
     this.keeper?.stop();
-    return { vm, txn: snapshot.txn, replay: [...replica.pendingEvents], ...(lease === undefined ? {} : { lease }) };
+    return { vm, txn: snapshot.txn, replay, ...(lease === undefined ? {} : { lease }) };
   }
 
   /** Stops listening and ends the session; the replica is dropped. Idempotent. */
@@ -453,7 +462,7 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
     }
     // A connection becomes the session only once its HELLO is accepted, so a silent or slow client never holds
     // the place of the real primary (nor blocks a takeover).
-    const pending: Session = { connection, core: undefined as unknown as ReceiverCore, detector: undefined as unknown as FailureDetector, timer: undefined as unknown as NodeJS.Timeout, commits: 0, chain: Promise.resolve() };
+    const pending: Session = { connection, core: undefined as unknown as ReceiverCore, detector: undefined as unknown as FailureDetector, timer: undefined as unknown as NodeJS.Timeout, commits: 0, received: 0, chain: Promise.resolve() };
     const core = new ReceiverCore({
       arena: {
         // The arena exists once the first HELLO told the guest's size; only the session uses it.
@@ -622,10 +631,12 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
           this.emit('session', action.hello);
           break;
         case 'apply': {
+          session.received += 1;
           if (this.options.journalDir !== undefined) {
             const staged = action.txn;
             this.journaling += 1;
             session.chain = session.chain.then(() => this.applyDurably(session, staged)).finally(() => (this.journaling -= 1));
+            this.journalQueue = session.chain;
             break;
           }
           const replica = this.replicaNow!;
@@ -650,28 +661,38 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
         case 'heartbeat':
           this.emit('heartbeat', action.heartbeat);
           break;
-        case 'failover':
-          // Only a primary that replicated in this session can hand it over.
-          if (session.commits === 0 || this.session !== session) {
-            this.report(new KemariError('KEMARI_PROTOCOL', 'FAILOVER from a session that committed nothing; ignored'));
-            break;
-          }
-          this.emit('failover', action.failover);
-          if (this.options.arbiter !== undefined) {
-            this.endSession(new KemariError('KEMARI_CLOSED', 'the primary handed over'));
-            this.startTakeover();
-          } else if (this.options.autoPromote !== false && this.session === session) {
-            this.promote().then(
-              (promotion) => this.emit('promoted', promotion),
-              (error: unknown) => this.report(error instanceof KemariError ? error : new KemariError('KEMARI_NO_REPLICA', 'promotion failed', { cause: error })),
-            );
-          }
+        case 'failover': {
+          // Handled after the transactions received before it are journaled and applied (they are committed epochs
+          // the primary may already count on), and only from the session being served, on a replica holding an epoch.
+          const failover = action.failover;
+          session.chain = session.chain.then(() => this.onFailover(session, failover));
+          this.journalQueue = session.chain;
           break;
+        }
         case 'close':
           if (action.error !== undefined) this.report(action.error);
           session.connection.close();
           break;
       }
+    }
+  }
+
+  private onFailover(session: Session, failover: Failover): void {
+    // The primary closes its side right after FAILOVER, so its session may be over by now; a newer one must not be.
+    const superseded = this.session !== undefined && this.session !== session;
+    if (superseded || session.received === 0 || (this.stateNow !== 'listening' && this.stateNow !== 'replicating') || !(this.replicaNow?.hasCommittedEpoch ?? false)) {
+      this.report(new KemariError('KEMARI_PROTOCOL', 'FAILOVER from a session no longer served, or onto a replica without an epoch; ignored'));
+      return;
+    }
+    this.emit('failover', failover);
+    if (this.options.arbiter !== undefined) {
+      this.endSession(new KemariError('KEMARI_CLOSED', 'the primary handed over'));
+      this.startTakeover();
+    } else if (this.options.autoPromote !== false) {
+      this.promote().then(
+        (promotion) => this.emit('promoted', promotion),
+        (error: unknown) => this.report(error instanceof KemariError ? error : new KemariError('KEMARI_NO_REPLICA', 'promotion failed', { cause: error })),
+      );
     }
   }
 

@@ -209,7 +209,9 @@ export class OutputPipeline {
     while (!this.closedNow && performance.now() < deadlineMs) {
       await new Promise<void>((resolve) => setImmediate(resolve));
       const quiet = this.counters.bytesIn === seen && this.probing === undefined && !this.pumpScheduled;
-      if (quiet && (this.waiting.length === 0 || this.refused)) return;
+      // Waiting output the tap cannot take now (refused, or the in-flight bound reached) waits for a later epoch.
+      const blocked = this.refused || this.inFlight.length >= this.outputsInFlightMax || this.inFlightBytesNow >= this.inFlightBytesMax;
+      if (quiet && (this.waiting.length === 0 || blocked)) return;
       seen = this.counters.bytesIn;
     }
   }
