@@ -28,6 +28,8 @@ export interface HeartbeatLinkOptions {
   onHeard: () => void;
   /** What this side tells the peer in its heartbeats. */
   state: () => { committedTxn: number; state: PeerState };
+  /** On the acceptor: a connection that has not said this session's HELLO within this is closed. */
+  helloTimeoutMs?: number;
 }
 
 /** One heartbeat connection, either side. */
@@ -35,6 +37,7 @@ export class HeartbeatLink {
   private readonly decoder = new FrameDecoder({ bodyBytesMax: 64 * 1024 });
   private readonly timer: TimerHandle;
   private greeted: boolean;
+  private helloTimer: TimerHandle | undefined;
 
   constructor(
     readonly connection: Connection,
@@ -43,8 +46,17 @@ export class HeartbeatLink {
     this.greeted = options.hello !== undefined;
     if (options.hello !== undefined) this.send(encodeFrame({ type: FrameType.HELLO, txn: 0, seq: 0, body: options.hello }));
     connection.on('data', (chunk) => this.receive(chunk));
-    connection.on('close', () => options.timers.clear(this.timer));
+    connection.on('close', () => {
+      options.timers.clear(this.timer);
+      options.timers.clear(this.helloTimer);
+    });
     this.timer = options.timers.setInterval(() => this.beat(), options.intervalMs);
+    if (!this.greeted && options.helloTimeoutMs !== undefined) {
+      // An idle connection must not keep a place the real primary's heartbeat path needs.
+      this.helloTimer = options.timers.setTimeout(() => {
+        if (!this.greeted) this.close(new KemariError('KEMARI_PROTOCOL', 'no HELLO on the heartbeat path in time'));
+      }, options.helloTimeoutMs);
+    }
     this.beat();
   }
 
@@ -80,6 +92,7 @@ export class HeartbeatLink {
 
   close(error?: KemariError): void {
     this.options.timers.clear(this.timer);
+    this.options.timers.clear(this.helloTimer);
     this.connection.close(error);
   }
 }

@@ -10,7 +10,7 @@
  * 'disconnect' (KemariError | undefined), 'heartbeat', 'failover' (the primary handed over), 'promoted'
  * ({@link Promotion}, after an automatic promotion), 'recovered' (what a journal restart recovered), 'primaryLost' (KemariError: the primary went silent; the
  * session is ended, the replica kept), 'linkDown' (KemariError: the replication link went silent while the primary
- * is heard on the second heartbeat path; the session is ended, no takeover), 'error' (KemariError; emitted only when listened to, and always recorded in
+ * is heard on the second heartbeat path; the session is ended, the replica kept), 'error' (KemariError; emitted only when listened to, and always recorded in
  * `stats().lastError`).
  */
 import { EventEmitter } from 'node:events';
@@ -118,8 +118,8 @@ export interface SecondaryOptions<V extends VmAdapter = SimulatedVm> {
   timers?: Timers;
   /**
    * Listen here for the primary's second heartbeat path (ideally on another network than the replication link):
-   * while the primary is heard on it, a quiet replication link is a broken link ('linkDown'), not a dead primary,
-   * and no takeover is attempted. Give `host`/`port` or `path`, or an acceptor.
+   * while the primary is heard on it, a quiet replication link is a broken link ('linkDown'), not a dead primary
+   * (a takeover is still the lease's decision). Give `host`/`port` or `path`, or an acceptor.
    */
   heartbeatPath?: { host?: string; port?: number; path?: string } | { acceptor: NonNullable<SecondaryOptions['acceptor']> };
   /**
@@ -312,6 +312,7 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
           this.session?.detector.heardOnSecondPath(nowMs);
         },
         state: () => ({ committedTxn: this.committedTxn, state: PeerState.STANDBY }),
+        helloTimeoutMs: this.options.helloTimeoutMs ?? 5000,
       });
       this.heartbeatLinks.add(link);
       connection.on('close', () => this.heartbeatLinks.delete(link));
@@ -709,9 +710,9 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
     const keeper = this.keeper;
     let trying = false;
     const attempt = (): void => {
+      // Tried even while the primary is heard on the heartbeat path: the lease decides. A primary that still holds it
+      // keeps it (denied); one that lost the arbiter can no longer release output, and is taken over.
       if (trying || this.stateNow !== 'listening' || this.session !== undefined) return;
-      // A primary heard on the second heartbeat path is alive behind a broken link: it is not taken over.
-      if (this.primaryHeardOnPath()) return;
       trying = true;
       keeper.acquire().then(
         () => {

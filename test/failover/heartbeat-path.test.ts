@@ -90,3 +90,14 @@ describe('the second heartbeat path', () => {
     }
   });
 });
+
+describe('the heartbeat path listener', () => {
+  it('closes a connection that does not say HELLO within helloTimeoutMs', async () => {
+    const secondary = await Secondary.listen({ port: 0, sessionId: 'vm-idle', heartbeat: HEARTBEAT, heartbeatPath: { port: 0 }, helloTimeoutMs: 100 });
+    cleanups.push(() => secondary.close());
+    const connection = await connect({ host: '127.0.0.1', port: secondary.heartbeatPort });
+    const startMs = performance.now();
+    await new Promise<void>((resolve) => connection.on('close', () => resolve()));
+    expect(performance.now() - startMs).toBeGreaterThanOrEqual(80);
+  });
+});
