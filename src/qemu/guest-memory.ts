@@ -16,8 +16,8 @@
  */
 import { KemariError } from '../errors.js';
 import { scanChangedPages } from '../pages/scan.js';
+import { copyPages } from '../vm/copy-pages.js';
 import type { Page } from '../wire/bodies/pages.js';
-import { PageKind } from '../wire/bodies/pages.js';
 import { PageCrcTable } from '../vm/page-crc-table.js';
 import { PAGE_BYTES } from './migration/format.js';
 import type { RamBlockInfo, RamPage } from './migration/records.js';
@@ -36,7 +36,6 @@ export interface GuestRamBlock {
   shared: boolean;
 }
 
-const EMPTY = new Uint8Array(0);
 const ZERO_PAGE = Buffer.alloc(PAGE_BYTES);
 
 /** Places `blocks` end to end, in order, marking the ones named in `sharedNames`. */
@@ -243,34 +242,6 @@ export class GuestMemory {
 
   private copyPages(indices: Uint32Array): Page[] {
     const image = this.image;
-    const count = indices.length;
-    const raw = new Uint8Array(count);
-    let rawCount = 0;
-    for (let i = 0; i < count; i++) {
-      const at = indices[i]! * PAGE_BYTES;
-      if (ZERO_PAGE.compare(image, at, at + PAGE_BYTES) !== 0) {
-        raw[i] = 1;
-        rawCount += 1;
-      }
-    }
-    const send = rawCount === 0 ? EMPTY : new Uint8Array(Buffer.allocUnsafeSlow(rawCount * PAGE_BYTES).buffer, 0, rawCount * PAGE_BYTES);
-    const pages: Page[] = new Array(count);
-    let to = 0;
-    for (let i = 0; i < count; ) {
-      const index = indices[i]!;
-      if (raw[i] === 0) {
-        pages[i] = { index, kind: PageKind.ZERO, data: EMPTY };
-        i += 1;
-        continue;
-      }
-      let j = i + 1;
-      while (j < count && raw[j] === 1 && indices[j] === index + (j - i)) j += 1;
-      const start = index * PAGE_BYTES;
-      const runBytes = (j - i) * PAGE_BYTES;
-      send.set(image.subarray(start, start + runBytes), to);
-      for (let k = i; k < j; k++, to += PAGE_BYTES) pages[k] = { index: indices[k]!, kind: PageKind.RAW, data: send.subarray(to, to + PAGE_BYTES) };
-      i = j;
-    }
-    return pages;
+    return copyPages(image, PAGE_BYTES, indices, (index) => ZERO_PAGE.compare(image, index * PAGE_BYTES, (index + 1) * PAGE_BYTES) === 0);
   }
 }

@@ -19,8 +19,9 @@ import { DISK_DIGEST_BLOCK_BYTES, computeStateDigest } from '../replica/state-di
 import type { DeviceState } from '../wire/bodies/device.js';
 import type { DiskWrite } from '../wire/bodies/disk.js';
 import type { DiskInfo } from '../wire/bodies/hello.js';
-import { PAGE_BYTES_MAX, PAGE_BYTES_MIN, PageKind, isValidPageBytes } from '../wire/bodies/pages.js';
+import { PAGE_BYTES_MAX, PAGE_BYTES_MIN, isValidPageBytes } from '../wire/bodies/pages.js';
 import type { Page } from '../wire/bodies/pages.js';
+import { copyPages } from './copy-pages.js';
 import { isRecord } from '../wire/msgpack.js';
 import { checkBytes, checkInteger, invalid } from '../wire/validate.js';
 import type { CaptureOptions, EpochCapture, PrecopyChunk, PrecopyOptions, VmAdapter } from './adapter.js';
@@ -206,13 +207,6 @@ function parseDevices(devices: ReadonlyMap<string, unknown>): SimulatedDevices {
       lastLba: u53('snapshot.devices.disk-ctl.lastLba', ctl.lastLba),
     },
   };
-}
-
-/** Allocates a buffer that every byte of which the caller overwrites (no zero-fill: captures fill it at once). */
-function allocSendBuffer(bytes: number): Uint8Array {
-  if (bytes === 0) return EMPTY;
-  const b = Buffer.allocUnsafeSlow(bytes);
-  return new Uint8Array(b.buffer, b.byteOffset, bytes);
 }
 
 /** The in-memory reference VM; see the module comment. */
@@ -588,40 +582,7 @@ export class SimulatedVm implements VmAdapter {
 
   /** Copies the pages at `indices` (sorted) into one new send buffer; all-zero pages become ZERO pages. */
   private copyPages(indices: Uint32Array): Page[] {
-    const pageBytes = this.pageBytes;
-    // Pass 1: which pages are zero, so the send buffer holds exactly the RAW pages.
-    const count = indices.length;
-    const raw = new Uint8Array(count);
-    let rawCount = 0;
-    for (let i = 0; i < count; i++) {
-      if (!this.isZeroPage(indices[i]!)) {
-        raw[i] = 1;
-        rawCount += 1;
-      }
-    }
-    // Pass 2: copy runs of consecutive RAW pages with one set() each; page data are views of the send buffer.
-    const send = allocSendBuffer(rawCount * pageBytes);
-    const memory = this.memory;
-    const pages: Page[] = new Array(count);
-    let at = 0;
-    for (let i = 0; i < count; ) {
-      const index = indices[i]!;
-      if (raw[i] === 0) {
-        pages[i] = { index, kind: PageKind.ZERO, data: EMPTY };
-        i += 1;
-        continue;
-      }
-      let j = i + 1;
-      while (j < count && raw[j] === 1 && indices[j] === index + (j - i)) j += 1;
-      const runBytes = (j - i) * pageBytes;
-      const start = index * pageBytes;
-      send.set(memory.subarray(start, start + runBytes), at);
-      for (let k = i; k < j; k++, at += pageBytes) {
-        pages[k] = { index: indices[k]!, kind: PageKind.RAW, data: send.subarray(at, at + pageBytes) };
-      }
-      i = j;
-    }
-    return pages;
+    return copyPages(this.memory, this.pageBytes, indices, (index) => this.isZeroPage(index));
   }
 
   /** The non-zero extents of every disk, as copies in DISK_DIGEST_BLOCK_BYTES granules (for a full capture). */
