@@ -11,9 +11,10 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { buildGuest } from '../../examples/guest/build-guest.js';
 import type { GuestParams } from '../../examples/guest/build-guest.js';
 import { main } from '../../src/cli/main.js';
-import type { CliIo } from '../../src/cli/reporter.js';
 import { startQemu } from '../../src/qemu/qemu-process.js';
 import { HAS_QEMU, NO_QEMU_MESSAGE, tempDir } from '../helpers/qemu.js';
+import { captureCliIo, waitFor as waitForValue } from '../helpers/cli-io.js';
+import type { CliEvent } from '../helpers/cli-io.js';
 
 const HAS_NASM = spawnSync('nasm', ['-v'], { stdio: 'ignore' }).status === 0;
 const SKIP = !HAS_QEMU || !HAS_NASM;
@@ -22,35 +23,8 @@ if (SKIP) console.warn(SKIP_MESSAGE);
 
 const GUEST: Partial<GuestParams> = { tickHz: 100, dirtyPagesPerTick: 8, ringPages: 256, serialEveryTicks: 5, diskEveryTicks: 10 };
 
-type Event = Record<string, unknown>;
-
-/** Captures a command's output; `events()` parses its --json lines. */
-function capture(): CliIo & { out: string[]; err: string[]; events(): Event[] } {
-  const out: string[] = [];
-  const err: string[] = [];
-  return {
-    out,
-    err,
-    stdout: { write: (t: string) => out.push(t), isTTY: false },
-    stderr: { write: (t: string) => err.push(t) },
-    events: () =>
-      out
-        .join('')
-        .split('\n')
-        .filter((l) => l.startsWith('{'))
-        .map((l) => JSON.parse(l) as Event),
-  };
-}
-
-async function waitFor<T>(probe: () => T | undefined, what: string, timeoutMs = 20_000): Promise<T> {
-  const deadline = performance.now() + timeoutMs;
-  for (;;) {
-    const value = probe();
-    if (value !== undefined) return value;
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+/** The QEMU runs here get longer. */
+const waitFor = <T>(probe: () => T | undefined, what: string, timeoutMs = 20_000): Promise<T> => waitForValue(probe, what, timeoutMs);
 
 const aborts: AbortController[] = [];
 const runs: Array<Promise<number>> = [];
@@ -72,7 +46,7 @@ afterEach(async () => {
 });
 
 function start(argv: string[]) {
-  const io = capture();
+  const io = captureCliIo();
   const abort = new AbortController();
   aborts.push(abort);
   const done = main(argv, io, abort.signal);
@@ -81,7 +55,7 @@ function start(argv: string[]) {
 }
 
 /** The tick numbers of the `serial` events of `source`, in order. */
-function serialTicks(events: Event[], source: string): number[] {
+function serialTicks(events: CliEvent[], source: string): number[] {
   return events
     .filter((e) => e.event === 'serial' && e.source === source && e.partial !== true)
     .map((e) => /tick (\d+)$/.exec(String(e.line)))
@@ -90,7 +64,7 @@ function serialTicks(events: Event[], source: string): number[] {
 }
 
 /** The serial text of `source` as it reached the outside (a partial last line is flagged by the command). */
-function serialText(events: Event[], source: string): string {
+function serialText(events: CliEvent[], source: string): string {
   return events
     .filter((e) => e.event === 'serial' && e.source === source)
     .map((e) => `${String(e.line)}${e.partial === true ? '' : '\n'}`)
@@ -109,15 +83,15 @@ function ticksOf(text: string): number[] {
 
 describe('kemari protect/standby --help (QEMU flags)', () => {
   it('say how to protect a QEMU, and that an attached one has its disk not captured', async () => {
-    const protect = capture();
+    const protect = captureCliIo();
     expect(await main(['protect', '--help'], protect)).toBe(0);
     const text = protect.out.join('');
     for (const flag of ['--qemu-image', '--qmp', '--qemu-mib', '--serial-out']) expect(text).toContain(flag);
     expect(text).toMatch(/disk is NOT captured/);
-    const standby = capture();
+    const standby = captureCliIo();
     expect(await main(['standby', '--help'], standby)).toBe(0);
     expect(standby.out.join('')).toContain('--qemu ');
-    const both = capture();
+    const both = captureCliIo();
     expect(await main(['protect', '--secondary', '127.0.0.1:1', '--session', 's', '--qemu-image', '/x', '--qmp', '/y'], both)).toBe(1);
     expect(both.err.join('')).toContain('KEMARI_INVALID_ARGUMENT');
   });

@@ -1,34 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { main } from '../../src/cli/main.js';
-import type { CliIo } from '../../src/cli/reporter.js';
-
-/** Captures a command's output; `events()` parses its --json lines. */
-function capture(): CliIo & { out: string[]; err: string[]; events(): Array<Record<string, unknown>> } {
-  const out: string[] = [];
-  const err: string[] = [];
-  return {
-    out,
-    err,
-    stdout: { write: (t: string) => out.push(t), isTTY: false },
-    stderr: { write: (t: string) => err.push(t) },
-    events: () =>
-      out
-        .join('')
-        .split('\n')
-        .filter((l) => l.startsWith('{'))
-        .map((l) => JSON.parse(l) as Record<string, unknown>),
-  };
-}
-
-async function waitFor<T>(probe: () => T | undefined, what: string, timeoutMs = 15_000): Promise<T> {
-  const deadline = performance.now() + timeoutMs;
-  for (;;) {
-    const value = probe();
-    if (value !== undefined) return value;
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+import { captureCliIo, waitFor } from '../helpers/cli-io.js';
 
 const aborts: AbortController[] = [];
 const runs: Array<Promise<number>> = [];
@@ -38,7 +10,7 @@ afterEach(async () => {
 });
 
 function start(argv: string[]) {
-  const io = capture();
+  const io = captureCliIo();
   const abort = new AbortController();
   aborts.push(abort);
   const done = main(argv, io, abort.signal);
@@ -49,19 +21,19 @@ function start(argv: string[]) {
 describe('kemari (command line)', () => {
   it('says what every command takes, and refuses what it does not know', async () => {
     for (const command of ['protect', 'standby', 'witness']) {
-      const io = capture();
+      const io = captureCliIo();
       expect(await main([command, '--help'], io)).toBe(0);
       expect(io.out.join('')).toContain(`usage: kemari ${command}`);
     }
-    const none = capture();
+    const none = captureCliIo();
     expect(await main([], none)).toBe(2);
     expect(none.out.join('')).toContain('commands:');
-    const unknown = capture();
+    const unknown = captureCliIo();
     expect(await main(['frobnicate'], unknown)).toBe(2);
-    const badFlag = capture();
+    const badFlag = captureCliIo();
     expect(await main(['witness', '--no-such-flag'], badFlag)).toBe(2);
     expect(badFlag.err.join('')).toContain('no-such-flag');
-    const badEndpoint = capture();
+    const badEndpoint = captureCliIo();
     expect(await main(['protect', '--secondary', 'nowhere', '--session', 's'], badEndpoint)).toBe(1);
     expect(badEndpoint.err.join('')).toContain('KEMARI_INVALID_ARGUMENT');
   });
