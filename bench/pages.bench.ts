@@ -15,6 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   encodeDelta,
+  encodeDeltaBatch,
   mmapFile,
   mmapImplementation,
   pagesImplementation,
@@ -173,6 +174,8 @@ const newPages = Buffer.from(oldPages);
 const arena = new Uint8Array(DELTA_PAGES * PAGE_BYTES);
 const offsets = new Int32Array(DELTA_PAGES + 1);
 const DELTA_BYTES = DELTA_PAGES * PAGE_BYTES;
+const identity = Uint32Array.from({ length: DELTA_PAGES }, (_, p) => p); // page p against base p, as the loop does
+const batchLengths = new Int32Array(DELTA_PAGES);
 
 function deltaRows(label: string, backend: PagesBackend): void {
   let encodedBytes = 0;
@@ -193,6 +196,19 @@ function deltaRows(label: string, backend: PagesBackend): void {
     encodedBytes = at;
   });
   row(`delta encode, 32 changed words/page: ${label}`, encodeSeconds, DELTA_BYTES);
+  // The same pages, budget and packing in one encodeDeltaBatch call (bases not updated, so every round is the same
+  // work); it must give the same bytes, which it writes over the arena the loop above filled.
+  let batchBytes = 0;
+  const batchSeconds = time(() => {
+    batchBytes = backend.encodeDeltaBatch(newPages, identity, oldPages, identity, DELTA_PAGES, PAGE_BYTES, PAGE_BYTES, arena, batchLengths, false);
+  });
+  row(`delta encode batch, 32 changed words/page: ${label}`, batchSeconds, DELTA_BYTES);
+  for (let p = 0; p < DELTA_PAGES; p++) {
+    // The loop kept offsets only: a page over budget (-1) or unchanged (0) advanced it by 0.
+    if (Math.max(0, batchLengths[p]!) !== offsets[p + 1]! - offsets[p]!) throw new Error(`batch length of page ${p} differs from the loop's`);
+  }
+  if (batchBytes !== encodedBytes) throw new Error(`batch encoded ${batchBytes} bytes, the per-page loop ${encodedBytes}`);
+  console.log(`  ${label} batch encode: ${(encodeSeconds / batchSeconds).toFixed(2)}x the per-page loop (batch/single GB/s)`);
   const work = Buffer.from(oldPages);
   const decodeSeconds = time(() => {
     for (let p = 0; p < DELTA_PAGES; p++) {
@@ -223,6 +239,15 @@ row(
   }),
   DELTA_BYTES,
 );
+
+{
+  const viaBatchSeconds = time(() => {
+    sink += encodeDeltaBatch(newPages, identity, oldPages, identity, PAGE_BYTES, arena, batchLengths);
+  });
+  row(`delta encodeDeltaBatch (${pagesImplementation()}), validation included`, viaBatchSeconds, DELTA_BYTES);
+  const single = rows.find((r) => r.name.startsWith('delta encode via encodeDelta ('))!;
+  console.log(`  public API, ${pagesImplementation()}: encodeDeltaBatch is ${(single.seconds / viaBatchSeconds).toFixed(2)}x encodeDelta per page (batch/single GB/s)`);
+}
 
 // --- 3. mmap vs reading the file: a 256 MiB memory-backend file, mapped or read, then scanned ---------------------
 const dir = mkdtempSync(join(tmpdir(), 'kemari-bench-'));

@@ -160,6 +160,53 @@ Napi::Value EncodeDelta(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(r));
 }
 
+// encodeDeltaBatch(pages, pageIndices, bases, baseIndices, count, pageBytes, budgetBytes, out, lengths, updateBases)
+//   -> bytes written to out
+// Everything is checked once here, the indices once each inside the loop (kemari::EncodeDeltaBatch), so the per-page
+// cost is the encode itself: no N-API call, no typed-array lookup, no argument check per page.
+Napi::Value EncodeDeltaBatch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const View pages = GetBytes(info, 0, "pages");
+  const View page_indices = GetView(info, 1, "pageIndices");
+  const View bases = GetBytes(info, 2, "bases");
+  const View base_indices = GetView(info, 3, "baseIndices");
+  const size_t count = GetSize(info, 4, "count", 4294967295.0);
+  const size_t page_bytes = GetSize(info, 5, "pageBytes", static_cast<double>(kemari::kDeltaPageBytesMax));
+  const size_t budget = GetSize(info, 6, "budgetBytes", static_cast<double>(kemari::kDeltaPageBytesMax));
+  const View out = GetBytes(info, 7, "out");
+  const View lengths = GetView(info, 8, "lengths");
+  const bool update_bases = info[9].ToBoolean().Value();
+  if (page_bytes == 0) throw Napi::RangeError::New(env, "pageBytes must be positive");
+  // budget <= page_bytes also keeps every length below 2^24, so it fits the Int32Array.
+  if (budget == 0 || budget > page_bytes) throw Napi::RangeError::New(env, "budgetBytes must be in [1, pageBytes]");
+  if (page_indices.type != napi_uint32_array || page_indices.bytes / 4 < count) {
+    throw Napi::RangeError::New(env, "pageIndices must be a Uint32Array with at least count entries");
+  }
+  if (base_indices.type != napi_uint32_array || base_indices.bytes / 4 < count) {
+    throw Napi::RangeError::New(env, "baseIndices must be a Uint32Array with at least count entries");
+  }
+  if (lengths.type != napi_int32_array || lengths.bytes / 4 < count) {
+    throw Napi::RangeError::New(env, "lengths must be an Int32Array with at least count entries");
+  }
+  // The worst case: every page writes budget - 1 bytes (a kept delta, or the garbage of one over budget) at a cursor
+  // that advanced at most budget - 1 per earlier page. Division rather than a product, which could overflow.
+  if (budget > 1 && count > out.bytes / (budget - 1)) {
+    throw Napi::RangeError::New(env, "out must hold count * (budgetBytes - 1) bytes");
+  }
+  // A Uint32Array's or Int32Array's data is 4-byte aligned (its byteOffset must be a multiple of 4).
+  const int64_t r = kemari::EncodeDeltaBatch(
+      pages.data, pages.bytes / page_bytes, reinterpret_cast<const uint32_t*>(page_indices.data), bases.data,
+      bases.bytes / page_bytes, reinterpret_cast<const uint32_t*>(base_indices.data), count, page_bytes, budget,
+      out.data, reinterpret_cast<int32_t*>(lengths.data), update_bases);
+  if (r < 0) {
+    // Pages before the bad one are done (and their bases updated): only a direct call without the wrapper's index
+    // check, or indices changed by another thread during the call, gets here.
+    throw Napi::RangeError::New(env, "pageIndices[" + std::to_string(-1 - r) + "] or baseIndices[" +
+                                         std::to_string(-1 - r) + "] is out of range");
+  }
+  return Napi::Number::New(env, static_cast<double>(r));
+}
+
 // decodeDelta(oldPage, delta, out) -> 0, or reason + 8 * offset
 Napi::Value DecodeDelta(const Napi::CallbackInfo& info) {
   const View old_page = GetBytes(info, 0, "oldPage");
@@ -266,6 +313,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("scanFingerprints", Napi::Function::New(env, ScanFingerprints, "scanFingerprints"));
   exports.Set("xxh64", Napi::Function::New(env, Xxh64, "xxh64"));
   exports.Set("encodeDelta", Napi::Function::New(env, EncodeDelta, "encodeDelta"));
+  exports.Set("encodeDeltaBatch", Napi::Function::New(env, EncodeDeltaBatch, "encodeDeltaBatch"));
   exports.Set("decodeDelta", Napi::Function::New(env, DecodeDelta, "decodeDelta"));
   exports.Set("validateDelta", Napi::Function::New(env, ValidateDelta, "validateDelta"));
   exports.Set("mmapFile", Napi::Function::New(env, MmapFile, "mmapFile"));
@@ -275,7 +323,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 #else
   exports.Set("sse42", Napi::Boolean::New(env, false));
 #endif
-  exports.Set("abiVersion", Napi::Number::New(env, 1));
+  exports.Set("abiVersion", Napi::Number::New(env, 2));  // 2: encodeDeltaBatch
   return exports;
 }
 

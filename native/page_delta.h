@@ -50,6 +50,29 @@ int64_t EncodeDelta(const uint8_t* old_page, const uint8_t* new_page, size_t pag
                     size_t budget_bytes);
 
 /**
+ * Encodes `count` pages in one call, each exactly as EncodeDelta would, packing the deltas one after another into
+ * `out` from offset 0. Page k is `pages + page_indices[k] * page_bytes`, its base `bases + base_indices[k] *
+ * page_bytes`. lengths[k] receives the delta length (> 0: written at the running cursor, which then advances), 0 (the
+ * page equals its base: nothing written) or -1 (the delta would need budget_bytes or more: the cursor stays, the
+ * bytes after it are garbage). With `update_bases`, every page whose length is not 0 is then copied over its base, so
+ * that a later k with the same base slot sees the updated base (pages are processed in order k = 0, 1, ...).
+ *
+ * Why a batch: one call per epoch instead of one per page removes the per-page binding overhead, and with
+ * `update_bases` the copy of the page the secondary will hold is made in the same pass, while the page is in cache.
+ *
+ * Bounds: every index is read once and checked against `page_slots` / `base_slots` (the whole pages in `pages` and
+ * `bases`) right before use, so indices in memory another thread changes cannot lead out of bounds either. The
+ * caller guarantees 1 <= budget_bytes, that `out` holds count * (budget_bytes - 1) bytes (each page writes at most
+ * budget_bytes - 1 bytes at a cursor that advanced at most that much per earlier page), and `lengths` count entries.
+ *
+ * Returns the bytes written to `out` (the final cursor), or -1 - k when page_indices[k] or base_indices[k] is out of
+ * range: pages before k are done, page k and later are untouched (lengths[k..] not written).
+ */
+int64_t EncodeDeltaBatch(const uint8_t* pages, size_t page_slots, const uint32_t* page_indices, uint8_t* bases,
+                         size_t base_slots, const uint32_t* base_indices, size_t count, size_t page_bytes,
+                         size_t budget_bytes, uint8_t* out, int32_t* lengths, bool update_bases);
+
+/**
  * Validates `delta` for a page of `page_bytes` without writing anything. Returns kDeltaOk or the error value
  * (reason + 8 * offset).
  */

@@ -29,6 +29,31 @@ export interface PagesBackend {
   xxh64(data: Uint8Array, seed: bigint): bigint;
   /** Encoded length (< budgetBytes), or -1 when the delta would need budgetBytes or more. */
   encodeDelta(oldPage: Uint8Array, newPage: Uint8Array, out: Uint8Array, budgetBytes: number): number;
+  /**
+   * Encodes `count` pages in one call: page k is pages[pageIndices[k]*pageBytes, +pageBytes), its base is
+   * bases[baseIndices[k]*pageBytes, +pageBytes). Deltas are packed one after another into `out` from offset 0:
+   * lengths[k] = the delta length (> 0, written at the running cursor, which then advances), 0 (page equals its base,
+   * nothing written), or -1 (delta would need budgetBytes or more; nothing kept, cursor unchanged).
+   * When updateBases, every page whose length is not 0 is then copied over its base (the base becomes the page).
+   * Returns the total bytes written to out (the final cursor).
+   *
+   * Each page's result is exactly encodeDelta(base, page, out.subarray(cursor), budgetBytes): same bytes, same -1
+   * rule. Pages are processed in order k = 0..count-1, so with updateBases a later k sharing a base slot sees the
+   * updated base. Needs budgetBytes in [1, pageBytes] and out.length >= count * (budgetBytes - 1) (the worst case);
+   * bytes of `out` after the returned cursor may be garbage.
+   */
+  encodeDeltaBatch(
+    pages: Uint8Array,
+    pageIndices: Uint32Array,
+    bases: Uint8Array,
+    baseIndices: Uint32Array,
+    count: number,
+    pageBytes: number,
+    budgetBytes: number,
+    out: Uint8Array,
+    lengths: Int32Array,
+    updateBases: boolean,
+  ): number;
   /** 0, or the error value; on error `out` is untouched. */
   decodeDelta(oldPage: Uint8Array, delta: Uint8Array, out: Uint8Array): number;
   /** 0, or the error value. */
@@ -48,4 +73,4 @@ export interface NativePagesBinding extends PagesBackend {
 }
 
 /** The abiVersion this TypeScript expects from native/addon.cc. */
-export const NATIVE_ABI_VERSION = 1;
+export const NATIVE_ABI_VERSION = 2;

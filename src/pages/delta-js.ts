@@ -46,6 +46,33 @@ export function encodeDeltaJs(oldPage: Uint8Array, newPage: Uint8Array, out: Uin
   return o >= budgetBytes ? -1 : o;
 }
 
+/** Bytes written to `out`; see PagesBackend.encodeDeltaBatch. Arguments are validated (delta.ts). */
+export function encodeDeltaBatchJs(
+  pages: Uint8Array,
+  pageIndices: Uint32Array,
+  bases: Uint8Array,
+  baseIndices: Uint32Array,
+  count: number,
+  pageBytes: number,
+  budgetBytes: number,
+  out: Uint8Array,
+  lengths: Int32Array,
+  updateBases: boolean,
+): number {
+  let cursor = 0;
+  for (let k = 0; k < count; k++) {
+    const at = pageIndices[k]! * pageBytes;
+    const baseAt = baseIndices[k]! * pageBytes;
+    const page = pages.subarray(at, at + pageBytes);
+    const base = bases.subarray(baseAt, baseAt + pageBytes);
+    const n = encodeDeltaJs(base, page, out.subarray(cursor), budgetBytes);
+    lengths[k] = n;
+    if (n > 0) cursor += n;
+    if (updateBases && n !== 0) base.set(page);
+  }
+  return cursor;
+}
+
 /** Value of the last varint read by readVarint. */
 let varintValue = 0;
 

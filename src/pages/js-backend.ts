@@ -3,7 +3,7 @@
  * the tests compare the addon with.
  */
 import type { PagesBackend } from './backend.js';
-import { decodeDeltaJs, encodeDeltaJs, validateDeltaJs } from './delta-js.js';
+import { decodeDeltaJs, encodeDeltaBatchJs, encodeDeltaJs, validateDeltaJs } from './delta-js.js';
 import { mmapFileJs, unmapJs } from './mmap-js.js';
 import { scanFingerprintsJs, scanShadowJs } from './scan-js.js';
 import { xxh64Js } from './xxh64.js';
@@ -14,6 +14,7 @@ export const jsBackend: PagesBackend = {
   scanFingerprints: scanFingerprintsJs,
   xxh64: xxh64Js,
   encodeDelta: encodeDeltaJs,
+  encodeDeltaBatch: encodeDeltaBatchJs,
   decodeDelta: decodeDeltaJs,
   validateDelta: validateDeltaJs,
   mmapFile: mmapFileJs,
