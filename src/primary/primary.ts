@@ -46,6 +46,7 @@ import type { EncodedFrame } from '../wire/encoder.js';
 import { DEFAULT_BODY_BYTES_MAX } from '../wire/decoder.js';
 import { HeartbeatLink } from '../failover/heartbeat-link.js';
 import { DeltaCache } from '../txn/delta-cache.js';
+import type { PagesWorkerPool } from '../pages/worker-pool.js';
 import { pagesImplementation } from '../pages/implementation.js';
 import type { PagesImplementation } from '../pages/implementation.js';
 import type { Hello } from '../wire/bodies/hello.js';
@@ -93,6 +94,13 @@ export interface PrimaryOptions {
    * copies to compute them against. Worth it when bandwidth is short and few bytes of a page change per epoch.
    */
   delta?: boolean | { cacheBytes?: number };
+  /**
+   * Worker threads for the page work of large epochs: a batch of deltas of at least the pool's `encodeDeltas`
+   * threshold (measured; see PARALLEL_BYTES_MIN_DEFAULTS) is encoded by its threads in place (the delta cache and
+   * the captures are then SharedArrayBuffers), keeping this thread free for heartbeats, acks and the event-tap.
+   * Smaller epochs are encoded here. The pool is the caller's: started and closed by it, and may be shared.
+   */
+  pagesPool?: PagesWorkerPool;
   /** Names the replication session; the secondary refuses another session's primary. Default: a random UUID. */
   sessionId?: string;
   /** Largest frame body to send (must not exceed the secondary's bodyBytesMax). Default 16 MiB. */
@@ -236,6 +244,8 @@ export interface PrimaryStats {
   /** Pages sent as deltas, and the page bytes that saved (delta frames). */
   deltaPages: number;
   deltaSavedBytes: number;
+  /** Epochs whose deltas a worker pool's threads encoded (options.pagesPool; large epochs only). */
+  parallelDeltaEpochs: number;
   /** Which page code runs: the native addon or the TypeScript fallback. */
   pagesImplementation: PagesImplementation;
   pauseMs: { p50: number; p99: number; max: number; count: number };
@@ -262,6 +272,8 @@ interface Pending {
   digest: Uint8Array;
   /** The capture of an incremental epoch, kept until acked: a resumed session sends it again. */
   capture: EpochCapture | undefined;
+  /** The VM's own capture of an incremental epoch, handed back to it (releaseCapture) once the epoch is acked. */
+  release: EpochCapture | undefined;
 }
 
 export class Primary extends EventEmitter {
@@ -305,6 +317,11 @@ export class Primary extends EventEmitter {
   private readonly deltaCache: DeltaCache | undefined;
   private deltaPages = 0;
   private deltaSavedBytes = 0;
+  /** Epochs whose deltas the worker pool's threads encoded. */
+  private parallelDeltaEpochs = 0;
+  private readonly pagesPool: PagesWorkerPool | undefined;
+  /** Ask the VM for captures in SharedArrayBuffers (a worker pool reads them in place). */
+  private readonly sharedBuffers: boolean;
   private stateNow: PrimaryState = 'connecting';
   private readonly detector: FailureDetector;
   private heartbeatTimer: TimerHandle | undefined;
@@ -345,9 +362,11 @@ export class Primary extends EventEmitter {
     this.controller = new CheckpointController(options.sync ?? { mode: 'event' }, this.pipelineDepth, this.clock());
     const generation = keeper?.current?.generation;
     const offered = [...(options.verify === true ? ['verify'] : []), ...(options.delta === undefined || options.delta === false ? [] : ['delta'])];
+    this.pagesPool = options.pagesPool;
+    this.sharedBuffers = options.pagesPool !== undefined && options.delta !== undefined && options.delta !== false;
     if (options.delta !== undefined && options.delta !== false) {
       const cacheBytes = typeof options.delta === 'object' ? (options.delta.cacheBytes ?? DELTA_CACHE_BYTES_DEFAULT) : DELTA_CACHE_BYTES_DEFAULT;
-      this.deltaCache = new DeltaCache(options.vm.pageBytes, cacheBytes);
+      this.deltaCache = new DeltaCache(options.vm.pageBytes, cacheBytes, { shared: options.pagesPool !== undefined });
     }
     this.hello = {
       ...primaryHello(options.vm, this.sessionId, offered),
@@ -582,6 +601,7 @@ export class Primary extends EventEmitter {
       outputsReleased: this.tap.released,
       deltaPages: this.deltaPages,
       deltaSavedBytes: this.deltaSavedBytes,
+      parallelDeltaEpochs: this.parallelDeltaEpochs,
       pagesImplementation: pagesImplementation(),
       pauseMs: this.pauses.summary(),
       latencyMs: this.latencies.summary(),
@@ -793,7 +813,17 @@ export class Primary extends EventEmitter {
       return;
     }
     this.completed(pending);
+    // Committed, and its frames were all received: no one reads the capture's pages any more.
+    if (pending.release !== undefined) this.vm.releaseCapture?.(pending.release);
     this.pump();
+  }
+
+  /** An epoch captured but not sent on this session: its outputs are unsealed, its pages carried to the next. */
+  private keepUnsent(capture: EpochCapture, full: boolean, sealedTxn: number): void {
+    this.tap.unseal(sealedTxn);
+    if (full) this.needFull = true;
+    // Merged at once: however often the link flaps, one carried capture at most.
+    else this.carry = [mergeCaptures([...this.carry, capture])];
   }
 
   /** An epoch is committed on the secondary: its outputs may leave, and the first one of a session protects. */
@@ -875,7 +905,11 @@ export class Primary extends EventEmitter {
       try {
         if (this.settleOutputs !== undefined) await this.settleOutputs();
         capture = await this.onVm(() =>
-          this.vm.capture(precopied ? { full: false, wholeDisks: true, digest: this.verifyActive } : { full, digest: this.verifyActive }),
+          this.vm.capture(
+            precopied
+              ? { full: false, wholeDisks: true, digest: this.verifyActive, sharedBuffers: this.sharedBuffers }
+              : { full, digest: this.verifyActive, sharedBuffers: this.sharedBuffers },
+          ),
         );
         events = this.tap.seal(sealedTxn);
       } finally {
@@ -885,14 +919,11 @@ export class Primary extends EventEmitter {
       }
       const pauseMs = this.clock() - pauseStartMs;
       this.pauses.add(pauseMs);
+      // Lost, quiesced or closed during the capture: this epoch is not sent on this session. Its outputs go back to
+      // the running epoch (or were already discarded); its changes are kept for the next session, since the VM's
+      // dirty tracking was reset by the capture.
       if (!this.live(core)) {
-        // Lost, quiesced or closed during the capture: this epoch is not sent on this session. Its outputs go back
-        // to the running epoch (or were already discarded); its changes are kept for the next session, since the
-        // VM's dirty tracking was reset by the capture.
-        this.tap.unseal(sealedTxn);
-        if (full) this.needFull = true;
-        // Merged at once: however often the link flaps, one carried capture at most.
-        else this.carry = [mergeCaptures([...this.carry, capture])];
+        this.keepUnsent(capture, full, sealedTxn);
         return;
       }
       if (full) this.carry = [];
@@ -903,10 +934,18 @@ export class Primary extends EventEmitter {
       let wire = send;
       if (full) this.deltaCache?.clear();
       else if (this.deltaActive && this.deltaCache !== undefined) {
-        const encoded = this.deltaCache.encode(send.pages);
+        const encoded = await this.deltaCache.encodeAsync(send.pages, this.pagesPool);
+        if (!this.live(core)) {
+          // Lost while threads encoded: the cache holds this unsent epoch's pages now (and a new session may
+          // already have cleared it), so it starts over here too; the pages go as carry.
+          this.deltaCache.clear();
+          this.keepUnsent(send, full, sealedTxn);
+          return;
+        }
         wire = { ...send, pages: encoded.pages };
         this.deltaPages += encoded.deltaPages;
         this.deltaSavedBytes += encoded.savedBytes;
+        if (encoded.parallel) this.parallelDeltaEpochs += 1;
       }
       const out = precopied ? core.closeTransaction(wire, events) : core.encodeTransaction(wire, events, this.tap.releasedTxn);
       this.lastTxnNow = out.txn;
@@ -921,6 +960,7 @@ export class Primary extends EventEmitter {
         bytes: out.wireBytes,
         digest: out.stateDigest,
         capture: out.full ? undefined : send,
+        release: out.full ? undefined : capture,
       });
       if (full && !precopied) this.fullSync = { txn: out.txn, sent: 0, total: out.wireBytes, closed: true };
       if (full && precopied && this.fullSync !== undefined) {

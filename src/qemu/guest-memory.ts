@@ -17,6 +17,7 @@
 import { KemariError } from '../errors.js';
 import { scanChangedPages } from '../pages/scan.js';
 import { copyPages } from '../vm/copy-pages.js';
+import type { SendBufferAllocator } from '../vm/copy-pages.js';
 import type { Page } from '../wire/bodies/pages.js';
 import { PageCrcTable } from '../vm/page-crc-table.js';
 import { PAGE_BYTES } from './migration/format.js';
@@ -208,10 +209,10 @@ export class GuestMemory {
   }
 
   /**
-   * Copies of the changed pages (every page when `all`), sorted by index, in one new send buffer; all-zero pages
-   * are ZERO with empty data. Clears the change marks.
+   * Copies of the changed pages (every page when `all`), sorted by index, in one send buffer (from `allocate`, by
+   * default a new one), and that buffer; all-zero pages are ZERO with empty data. Clears the change marks.
    */
-  takePages(all: boolean): Page[] {
+  takePages(all: boolean, allocate?: SendBufferAllocator): { pages: Page[]; send: Uint8Array } {
     let indices: Uint32Array;
     if (all || this.allChanged) {
       indices = new Uint32Array(this.pageCount);
@@ -219,12 +220,13 @@ export class GuestMemory {
     } else {
       indices = Uint32Array.from(this.changedList).sort();
     }
-    const pages = this.copyPages(indices);
+    const image = this.image;
+    const taken = copyPages(image, PAGE_BYTES, indices, (index) => ZERO_PAGE.compare(image, index * PAGE_BYTES, (index + 1) * PAGE_BYTES) === 0, allocate);
     if (this.changedList.length * 8 > this.pageCount) this.changed.fill(0);
     else for (const page of this.changedList) this.changed[page] = 0;
     this.changedList = [];
     this.allChanged = false;
-    return pages;
+    return taken;
   }
 
   /** The CRC32C of every page of the shadow, current (what the state digest hashes). */
@@ -240,8 +242,4 @@ export class GuestMemory {
     }
   }
 
-  private copyPages(indices: Uint32Array): Page[] {
-    const image = this.image;
-    return copyPages(image, PAGE_BYTES, indices, (index) => ZERO_PAGE.compare(image, index * PAGE_BYTES, (index + 1) * PAGE_BYTES) === 0);
-  }
 }

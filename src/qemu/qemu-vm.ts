@@ -26,6 +26,7 @@ import type { DeviceState } from '../wire/bodies/device.js';
 import type { DiskWrite } from '../wire/bodies/disk.js';
 import type { DiskInfo } from '../wire/bodies/hello.js';
 import type { CaptureOptions, EpochCapture, VmAdapter } from '../vm/adapter.js';
+import { CaptureBuffers } from '../vm/capture-buffers.js';
 import { GuestMemory, layoutBlocks } from './guest-memory.js';
 import type { GuestRamBlock } from './guest-memory.js';
 import { PAGE_BYTES } from './migration/format.js';
@@ -138,6 +139,9 @@ export class QemuVm implements VmAdapter {
   /** True while the shadow and `state` are the VM's state: a stream was taken and the guest has not run since. */
   private streamCurrent: boolean;
   private closed = false;
+  /** Send buffers of captures, reused once the primary hands the capture back (releaseCapture). */
+  private readonly captureBuffers = new CaptureBuffers();
+  private readonly sendBufferOf = new WeakMap<EpochCapture, Uint8Array>();
   private readonly counters: QemuVmStats = { captures: 0, pagesCaptured: 0, streams: 0, lastStreamBytes: 0, lastMigrateMs: 0, lastScanMs: 0, lastPages: 0 };
 
   private constructor(init: {
@@ -372,7 +376,8 @@ export class QemuVm implements VmAdapter {
       await this.takeStream();
     }
     const full = options.full === true;
-    const pages = this.memory.takePages(full);
+    const shared = options.sharedBuffers === true;
+    const { pages, send } = this.memory.takePages(full, (bytes) => this.captureBuffers.take(bytes, shared));
     const devices: DeviceState[] = [{ name: QEMU_DEVICE_NAME, state: this.state }];
     let diskWrites: DiskWrite[] = [];
     if (this.disk !== undefined) {
@@ -387,7 +392,17 @@ export class QemuVm implements VmAdapter {
     this.counters.captures += 1;
     this.counters.pagesCaptured += pages.length;
     this.counters.lastPages = pages.length;
-    return { full, pages, devices, diskWrites, stateDigest };
+    const capture: EpochCapture = { full, pages, devices, diskWrites, stateDigest };
+    if (send.length > 0) this.sendBufferOf.set(capture, send);
+    return capture;
+  }
+
+  /** Takes back a committed capture's send buffer for a later capture (see VmAdapter.releaseCapture). */
+  releaseCapture(capture: EpochCapture): void {
+    const send = this.sendBufferOf.get(capture);
+    if (send === undefined) return;
+    this.sendBufferOf.delete(capture);
+    this.captureBuffers.give(send);
   }
 
   /**

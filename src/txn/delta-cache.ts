@@ -5,12 +5,24 @@
  * Why it is correct: the secondary applies epochs in order, so when epoch N arrives its copy of page p is p as last
  * sent, in the newest epoch before N that carried p, which is what this cache holds (updated as each epoch is
  * encoded, before the next). Anything that breaks that chain (a lost connection, a refused or never-sent epoch, a
- * full sync) must {@link clear} the cache: the next epochs then go out whole until it fills again.
+ * full sync) must {@link DeltaCache.clear} the cache: the next epochs then go out whole until it fills again.
  *
- * Bounded: at most `cacheBytesMax` of page copies, least recently sent evicted first.
+ * Why a slab: the copies live in one buffer of `cacheBytesMax` (allocated at first use, resident only as slots
+ * fill), found through a page-to-slot map, so one epoch is encoded by one batched call (encodeDeltaBatch: every
+ * delta, and the cache update, in a single pass over the pages while they are in the CPU cache) instead of one
+ * call, one map reordering and one allocation per page. Eviction is the clock algorithm (a page sent recently
+ * survives a sweep), which approximates least-recently-sent without reordering anything on a hit.
+ *
+ * Large epochs: {@link DeltaCache.encodeAsync} hands a batch of at least the pool's `encodeDeltas` threshold to a
+ * {@link PagesWorkerPool}, whose threads read the pages and the slab in place (both SharedArrayBuffers: the cache
+ * is created `shared`, the VM's capture buffers must be too, else the batch stays on the calling thread).
+ *
+ * Bounded: at most `cacheBytesMax` of page copies, plus the scratch of the largest epoch's deltas (half a page a
+ * page), reused from epoch to epoch.
  */
 import { KemariError } from '../errors.js';
-import { encodeDelta } from '../pages/delta.js';
+import { encodeDelta, encodeDeltaBatch } from '../pages/delta.js';
+import type { PagesWorkerPool } from '../pages/worker-pool.js';
 import { PageKind } from '../wire/bodies/pages.js';
 import type { Page } from '../wire/bodies/pages.js';
 
@@ -23,105 +35,286 @@ export interface DeltaEncoding {
   unchangedPages: number;
   /** Bytes of page data saved against sending every page raw. */
   savedBytes: number;
+  /** Whether the deltas were computed by a worker pool's threads. */
+  parallel: boolean;
+}
+
+/** Options of a {@link DeltaCache}. */
+export interface DeltaCacheOptions {
+  /** Keep the copies in a SharedArrayBuffer, so a {@link PagesWorkerPool} can encode against them in place. */
+  shared?: boolean;
+}
+
+/** The largest cache: one slab, addressed by 32-bit slot numbers times the page size within a typed array. */
+export const DELTA_CACHE_BYTES_MAX = 2 ** 31;
+
+const NO_SLOT = -1;
+
+/** Pages at or above this index (a guest beyond 4 TiB of 4 KiB pages) are always sent whole: the index table stays bounded. */
+const PAGE_INDEX_CACHED_MAX = 2 ** 30;
+
+/** One epoch's pages sorted out: which have a copy here (the batch), and which pass through or are new. */
+interface Plan {
+  /** Per page of the epoch: its position in the batch, or -1 (passes through or is remembered after the batch). */
+  batchOf: Int32Array;
+  /** The batch: the page views and their slots. */
+  views: Uint8Array[];
+  slots: number[];
 }
 
 export class DeltaCache {
-  /** Page index to its last sent content; Map order is the eviction order (oldest first). */
-  private readonly entries = new Map<number, Uint8Array>();
-  private bytesNow = 0;
+  /** Page index to slot (NO_SLOT when not held), grown to the highest page index seen: 4 bytes a guest page. */
+  private slotOf: Int32Array = new Int32Array(0);
+  private readonly slotsMax: number;
+  private readonly shared: boolean;
+  private slab: Uint8Array | undefined;
+  /** Slot to page index (NO_SLOT when free), and the clock's referenced bits. */
+  private pageOfSlot: Int32Array | undefined;
+  private referenced: Uint8Array | undefined;
+  private hand = 0;
+  /** Slots handed out since the last clear (below slotsMax: the next never-used slot). */
+  private slotsTaken = 0;
+  private slotsUsed = 0;
+  /** Reused from epoch to epoch: the batch's deltas and lengths. */
+  private scratch: Uint8Array = new Uint8Array(0);
+  private lengths: Int32Array = new Int32Array(0);
 
   constructor(
     readonly pageBytes: number,
     readonly cacheBytesMax: number,
+    options: DeltaCacheOptions = {},
   ) {
-    if (!Number.isSafeInteger(cacheBytesMax) || cacheBytesMax < 0) {
-      throw new KemariError('KEMARI_INVALID_ARGUMENT', 'delta cacheBytes must be a non-negative integer', { details: { cacheBytes: cacheBytesMax } });
+    if (!Number.isSafeInteger(cacheBytesMax) || cacheBytesMax < 0 || cacheBytesMax > DELTA_CACHE_BYTES_MAX) {
+      throw new KemariError('KEMARI_INVALID_ARGUMENT', `delta cacheBytes must be an integer in [0, ${DELTA_CACHE_BYTES_MAX}]`, {
+        details: { cacheBytes: cacheBytesMax },
+      });
     }
+    this.slotsMax = Math.floor(cacheBytesMax / pageBytes);
+    this.shared = options.shared === true;
   }
 
   /** Bytes of page copies held. */
   get bytes(): number {
-    return this.bytesNow;
+    return this.slotsUsed * this.pageBytes;
   }
 
-  /** Forgets everything: the secondary's copies can no longer be assumed. */
+  /** Forgets everything: the secondary's copies can no longer be assumed. The slab is kept for reuse. */
   clear(): void {
-    this.entries.clear();
-    this.bytesNow = 0;
+    this.slotOf.fill(NO_SLOT);
+    this.pageOfSlot?.fill(NO_SLOT);
+    this.referenced?.fill(0);
+    this.hand = 0;
+    this.slotsTaken = 0;
+    this.slotsUsed = 0;
   }
 
   /**
-   * Encodes the pages of one incremental epoch (sorted, as captured) and remembers each as sent. A delta is used
-   * only when it is at most half a page. The returned DELTA pages are views of one new buffer, never reused.
+   * Encodes the pages of one incremental epoch (sorted, as captured) on the calling thread and remembers each as
+   * sent. A delta is used only when it is under half a page. The returned DELTA pages are views of one new buffer.
    */
   encode(pages: readonly Page[]): DeltaEncoding {
+    const plan = this.plan(pages);
+    const { lengths, total } = this.encodeBatch(plan);
+    return this.finish(pages, plan, lengths, total, false);
+  }
+
+  /**
+   * As {@link encode}, with a batch of at least `pool.parallelBytesMin.encodeDeltas` bytes of pages encoded by the
+   * pool's threads (when the cache is `shared` and every page of the batch is a view of a SharedArrayBuffer; else
+   * here, as encode does). The pages must stay unchanged until it settles; one encode at a time.
+   */
+  async encodeAsync(pages: readonly Page[], pool: PagesWorkerPool | undefined): Promise<DeltaEncoding> {
+    const plan = this.plan(pages);
+    const n = plan.views.length;
+    if (pool === undefined || !this.shared || n < 2 || n * this.pageBytes < pool.parallelBytesMin.encodeDeltas || !plan.views.every(isShared)) {
+      const { lengths, total } = this.encodeBatch(plan);
+      return this.finish(pages, plan, lengths, total, false);
+    }
+    const budget = this.budgetBytes;
+    this.reserve(n);
+    const slab = this.slab!;
+    const bases = plan.slots.map((slot) => slab.subarray(slot * this.pageBytes, (slot + 1) * this.pageBytes));
+    const out = this.scratch.subarray(0, n * budget);
+    const lengths = this.lengths.subarray(0, n);
+    await pool.encodeDeltas(plan.views, bases, { out, lengths }, budget);
+    // The threads wrote delta k at k * budget: pack them (in place, moving left), and update the copies.
+    let total = 0;
+    for (let k = 0; k < n; k++) {
+      const length = lengths[k]!;
+      if (length !== 0) bases[k]!.set(plan.views[k]!);
+      if (length > 0) {
+        out.copyWithin(total, k * budget, k * budget + length);
+        total += length;
+      }
+    }
+    return this.finish(pages, plan, lengths, total, true);
+  }
+
+  /** Half a page: a delta must be smaller to be worth sending instead of the page. */
+  private get budgetBytes(): number {
+    return this.pageBytes >> 1;
+  }
+
+  /** Sorts the epoch's pages: those with a copy here go to the batch (and are marked recently sent). */
+  private plan(pages: readonly Page[]): Plan {
+    const batchOf = new Int32Array(pages.length).fill(-1);
+    const views: Uint8Array[] = [];
+    const slots: number[] = [];
+    for (let i = 0; i < pages.length; i++) {
+      const page = pages[i]!;
+      if (page.kind !== PageKind.RAW) {
+        this.forget(page.index);
+        continue;
+      }
+      const slot = page.index < this.slotOf.length ? this.slotOf[page.index]! : NO_SLOT;
+      if (slot === NO_SLOT) continue;
+      this.referenced![slot] = 1;
+      batchOf[i] = views.length;
+      views.push(page.data);
+      slots.push(slot);
+    }
+    return { batchOf, views, slots };
+  }
+
+  /**
+   * Encodes the batch on this thread: one encodeDeltaBatch call per run of pages that are page-aligned views of
+   * one buffer (a capture's send buffer: usually the whole batch), one encodeDelta call for any other page.
+   */
+  private encodeBatch(plan: Plan): { lengths: Int32Array; total: number } {
+    const n = plan.views.length;
     const pageBytes = this.pageBytes;
-    const budgetBytes = pageBytes >> 1;
-    let rawWithBase = 0;
-    for (const page of pages) if (page.kind === PageKind.RAW && this.entries.has(page.index)) rawWithBase += 1;
-    const out = new Uint8Array(rawWithBase * budgetBytes);
-    let at = 0;
+    const budget = this.budgetBytes;
+    this.reserve(n);
+    const slab = this.slab!;
+    const lengths = this.lengths.subarray(0, n);
+    const pageIndices = new Uint32Array(n);
+    const baseIndices = new Uint32Array(n);
+    let total = 0;
+    for (let k = 0; k < n; ) {
+      const view = plan.views[k]!;
+      if (view.byteOffset % pageBytes !== 0 || view.length !== pageBytes) {
+        const base = slab.subarray(plan.slots[k]! * pageBytes, (plan.slots[k]! + 1) * pageBytes);
+        const length = encodeDelta(base, view, this.scratch.subarray(total, total + budget), budget);
+        lengths[k] = length;
+        if (length !== 0) base.set(view);
+        if (length > 0) total += length;
+        k += 1;
+        continue;
+      }
+      const buffer = view.buffer;
+      let j = k;
+      for (; j < n; j++) {
+        const v = plan.views[j]!;
+        if (v.buffer !== buffer || v.byteOffset % pageBytes !== 0 || v.length !== pageBytes) break;
+        pageIndices[j - k] = v.byteOffset / pageBytes;
+        baseIndices[j - k] = plan.slots[j]!;
+      }
+      const region = new Uint8Array(buffer, 0, Math.floor(buffer.byteLength / pageBytes) * pageBytes);
+      const count = j - k;
+      total += encodeDeltaBatch(region, pageIndices, slab, baseIndices, pageBytes, this.scratch.subarray(total, total + count * budget), lengths.subarray(k, j), {
+        count,
+        budgetBytes: budget,
+        updateBases: true,
+      });
+      k = j;
+    }
+    return { lengths, total };
+  }
+
+  /** The pages to send, in the epoch's order, with the deltas copied out of the scratch; new pages remembered. */
+  private finish(pages: readonly Page[], plan: Plan, lengths: Int32Array, total: number, parallel: boolean): DeltaEncoding {
+    const pageBytes = this.pageBytes;
+    // The deltas leave in frames that outlive this call: one exact copy of the packed scratch.
+    const deltas = total === 0 ? new Uint8Array(0) : this.scratch.slice(0, total);
     const sent: Page[] = [];
     let deltaPages = 0;
     let unchangedPages = 0;
     let savedBytes = 0;
-    for (const page of pages) {
-      if (page.kind === PageKind.ZERO) {
-        this.forget(page.index);
+    let at = 0;
+    for (let i = 0; i < pages.length; i++) {
+      const page = pages[i]!;
+      const k = plan.batchOf[i]!;
+      if (k < 0) {
+        if (page.kind === PageKind.RAW) this.remember(page.index, page.data);
         sent.push(page);
         continue;
       }
-      if (page.kind !== PageKind.RAW) {
-        this.forget(page.index);
+      const length = lengths[k]!;
+      if (length === 0) {
+        unchangedPages += 1;
+        savedBytes += pageBytes;
+      } else if (length > 0) {
+        sent.push({ index: page.index, kind: PageKind.DELTA, data: deltas.subarray(at, at + length) });
+        at += length;
+        deltaPages += 1;
+        savedBytes += pageBytes - length;
+      } else {
         sent.push(page);
-        continue;
       }
-      const base = this.entries.get(page.index);
-      if (base !== undefined) {
-        const n = encodeDelta(base, page.data, out.subarray(at, at + budgetBytes), budgetBytes);
-        if (n === 0) {
-          unchangedPages += 1;
-          savedBytes += pageBytes;
-          this.touch(page.index, base);
-          continue;
-        }
-        if (n > 0) {
-          sent.push({ index: page.index, kind: PageKind.DELTA, data: out.subarray(at, at + n) });
-          at += n;
-          deltaPages += 1;
-          savedBytes += pageBytes - n;
-          base.set(page.data);
-          this.touch(page.index, base);
-          continue;
-        }
-        base.set(page.data);
-        this.touch(page.index, base);
-        sent.push(page);
-        continue;
-      }
-      this.remember(page.index, page.data);
-      sent.push(page);
     }
-    return { pages: sent, deltaPages, unchangedPages, savedBytes };
+    return { pages: sent, deltaPages, unchangedPages, savedBytes, parallel };
   }
 
-  private touch(index: number, base: Uint8Array): void {
-    this.entries.delete(index);
-    this.entries.set(index, base);
+  /** Makes the slab exist and the scratch hold a batch of `n` pages. */
+  private reserve(n: number): void {
+    if (this.slab === undefined && this.slotsMax > 0) {
+      const bytes = this.slotsMax * this.pageBytes;
+      this.slab = this.shared ? new Uint8Array(new SharedArrayBuffer(bytes)) : new Uint8Array(bytes);
+      this.pageOfSlot = new Int32Array(this.slotsMax).fill(NO_SLOT);
+      this.referenced = new Uint8Array(this.slotsMax);
+    }
+    const scratchBytes = n * this.budgetBytes;
+    if (this.scratch.length < scratchBytes) this.scratch = this.shared ? new Uint8Array(new SharedArrayBuffer(scratchBytes)) : new Uint8Array(scratchBytes);
+    if (this.lengths.length < n) this.lengths = this.shared ? new Int32Array(new SharedArrayBuffer(4 * n)) : new Int32Array(n);
   }
 
   private forget(index: number): void {
-    if (this.entries.delete(index)) this.bytesNow -= this.pageBytes;
+    const slot = index < this.slotOf.length ? this.slotOf[index]! : NO_SLOT;
+    if (slot === NO_SLOT) return;
+    this.slotOf[index] = NO_SLOT;
+    this.pageOfSlot![slot] = NO_SLOT;
+    this.referenced![slot] = 0;
+    this.slotsUsed -= 1;
   }
 
+  /** Copies a page sent whole into a slot: a never-used one, else the first the clock finds not recently sent. */
   private remember(index: number, data: Uint8Array): void {
-    if (this.pageBytes > this.cacheBytesMax) return;
-    while (this.bytesNow + this.pageBytes > this.cacheBytesMax) {
-      const oldest = this.entries.keys().next();
-      if (oldest.done === true) break;
-      this.forget(oldest.value);
+    if (this.slotsMax === 0 || data.length !== this.pageBytes || index >= PAGE_INDEX_CACHED_MAX) return;
+    this.reserve(0);
+    const pageOfSlot = this.pageOfSlot!;
+    const referenced = this.referenced!;
+    let slot: number;
+    if (this.slotsTaken < this.slotsMax) {
+      slot = this.slotsTaken++;
+    } else {
+      for (;;) {
+        const candidate = this.hand;
+        this.hand = (this.hand + 1) % this.slotsMax;
+        if (pageOfSlot[candidate] === NO_SLOT || referenced[candidate] === 0) {
+          slot = candidate;
+          break;
+        }
+        referenced[candidate] = 0;
+      }
+      const evicted = pageOfSlot[slot]!;
+      if (evicted !== NO_SLOT) {
+        this.slotOf[evicted] = NO_SLOT;
+        this.slotsUsed -= 1;
+      }
     }
-    this.entries.set(index, Uint8Array.from(data));
-    this.bytesNow += this.pageBytes;
+    pageOfSlot[slot] = index;
+    referenced[slot] = 1;
+    if (index >= this.slotOf.length) {
+      const grown = new Int32Array(Math.max(index + 1, 2 * this.slotOf.length, 1024)).fill(NO_SLOT);
+      grown.set(this.slotOf);
+      this.slotOf = grown;
+    }
+    this.slotOf[index] = slot;
+    this.slotsUsed += 1;
+    this.slab!.set(data, slot * this.pageBytes);
   }
+}
+
+function isShared(view: Uint8Array): boolean {
+  return view.buffer instanceof SharedArrayBuffer;
 }

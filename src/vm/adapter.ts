@@ -30,6 +30,11 @@ export interface EpochCapture {
 
 /** Options for one capture. */
 export interface CaptureOptions {
+  /**
+   * Copy the pages into SharedArrayBuffers, so a PagesWorkerPool's threads can read them in place (delta encoding
+   * of a large epoch). A hint: an adapter may ignore it (the work then stays on the calling thread).
+   */
+  sharedBuffers?: boolean;
   /** Capture every page instead of the pages dirtied since the previous capture. */
   full: boolean;
   /** Also compute the state digest (end-to-end verification). */
@@ -79,4 +84,11 @@ export interface VmAdapter {
    * synced by one capture.
    */
   precopy?(options: PrecopyOptions): PrecopyChunk | Promise<PrecopyChunk>;
+  /**
+   * Optional: takes back a capture whose epoch the secondary committed; nothing refers to its pages any more (the
+   * frames that carried them were received), so the adapter may reuse their buffers for a later capture instead
+   * of leaving one buffer of garbage per epoch. Called at most once per capture, and only for captures this
+   * adapter returned; a capture never handed back is simply collected.
+   */
+  releaseCapture?(capture: EpochCapture): void;
 }

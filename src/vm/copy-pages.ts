@@ -8,11 +8,23 @@ import type { Page } from '../wire/bodies/pages.js';
 
 const EMPTY: Uint8Array = new Uint8Array(0);
 
+/** Makes the send buffer of `bytes` (every byte of it is overwritten): a reused one (CaptureBuffers) or a new one. */
+export type SendBufferAllocator = (bytes: number) => Uint8Array;
+
+const newSendBuffer: SendBufferAllocator = (bytes) => new Uint8Array(Buffer.allocUnsafeSlow(bytes).buffer, 0, bytes);
+
 /**
- * The pages at `indices` (sorted) of `memory`, copied; `isZero(index)` says which are all zero (the caller knows
- * the cheapest way to tell).
+ * The pages at `indices` (sorted) of `memory`, copied into one send buffer from `allocate`; `isZero(index)` says
+ * which are all zero (the caller knows the cheapest way to tell). Returns the pages and the send buffer (empty when
+ * every page is zero).
  */
-export function copyPages(memory: Uint8Array, pageBytes: number, indices: Uint32Array, isZero: (index: number) => boolean): Page[] {
+export function copyPages(
+  memory: Uint8Array,
+  pageBytes: number,
+  indices: Uint32Array,
+  isZero: (index: number) => boolean,
+  allocate: SendBufferAllocator = newSendBuffer,
+): { pages: Page[]; send: Uint8Array } {
   const count = indices.length;
   // Pass 1: which pages are zero, so the send buffer holds exactly the RAW pages.
   const raw = new Uint8Array(count);
@@ -24,7 +36,7 @@ export function copyPages(memory: Uint8Array, pageBytes: number, indices: Uint32
     }
   }
   // No zero-fill: every byte of it is overwritten below.
-  const send = rawCount === 0 ? EMPTY : new Uint8Array(Buffer.allocUnsafeSlow(rawCount * pageBytes).buffer, 0, rawCount * pageBytes);
+  const send = rawCount === 0 ? EMPTY : allocate(rawCount * pageBytes);
   const pages: Page[] = new Array(count);
   let to = 0;
   for (let i = 0; i < count; ) {
@@ -42,5 +54,5 @@ export function copyPages(memory: Uint8Array, pageBytes: number, indices: Uint32
     for (let k = i; k < j; k++, to += pageBytes) pages[k] = { index: indices[k]!, kind: PageKind.RAW, data: send.subarray(to, to + pageBytes) };
     i = j;
   }
-  return pages;
+  return { pages, send };
 }

@@ -21,6 +21,7 @@ import type { DiskWrite } from '../wire/bodies/disk.js';
 import type { DiskInfo } from '../wire/bodies/hello.js';
 import { PAGE_BYTES_MAX, PAGE_BYTES_MIN, isValidPageBytes } from '../wire/bodies/pages.js';
 import type { Page } from '../wire/bodies/pages.js';
+import { CaptureBuffers } from './capture-buffers.js';
 import { copyPages } from './copy-pages.js';
 import { isRecord } from '../wire/msgpack.js';
 import { checkBytes, checkInteger, invalid } from '../wire/validate.js';
@@ -241,6 +242,9 @@ export class SimulatedVm implements VmAdapter {
   private nic: NicState;
   private diskController: DiskControllerState;
   private isPaused = false;
+  /** Send buffers of captures, reused once the primary hands the capture back (releaseCapture). */
+  private readonly captureBuffers = new CaptureBuffers();
+  private readonly sendBufferOf = new WeakMap<EpochCapture, Uint8Array>();
   private readonly counters: SimulatedVmStats = { writes: 0, pagesDirtied: 0, diskWrites: 0, captures: 0, pagesCaptured: 0 };
 
   /**
@@ -536,7 +540,8 @@ export class SimulatedVm implements VmAdapter {
     } else {
       indices = Uint32Array.from(this.dirtyList).sort();
     }
-    const pages = this.copyPages(indices);
+    const shared = options.sharedBuffers === true;
+    const { pages, send } = copyPages(this.memory, this.pageBytes, indices, (index) => this.isZeroPage(index), (bytes) => this.captureBuffers.take(bytes, shared));
     const count = pages.length;
     const devices: DeviceState[] = [
       { name: 'cpu0', state: cloneCpu(this.cpu) },
@@ -553,7 +558,17 @@ export class SimulatedVm implements VmAdapter {
     this.dirtyList = [];
     this.counters.captures += 1;
     this.counters.pagesCaptured += count;
-    return { full, pages, devices, diskWrites, stateDigest };
+    const capture: EpochCapture = { full, pages, devices, diskWrites, stateDigest };
+    if (send.length > 0) this.sendBufferOf.set(capture, send);
+    return capture;
+  }
+
+  /** Takes back a committed capture's send buffer for a later capture (see VmAdapter.releaseCapture). */
+  releaseCapture(capture: EpochCapture): void {
+    const send = this.sendBufferOf.get(capture);
+    if (send === undefined) return;
+    this.sendBufferOf.delete(capture);
+    this.captureBuffers.give(send);
   }
 
   /**
@@ -582,7 +597,7 @@ export class SimulatedVm implements VmAdapter {
 
   /** Copies the pages at `indices` (sorted) into one new send buffer; all-zero pages become ZERO pages. */
   private copyPages(indices: Uint32Array): Page[] {
-    return copyPages(this.memory, this.pageBytes, indices, (index) => this.isZeroPage(index));
+    return copyPages(this.memory, this.pageBytes, indices, (index) => this.isZeroPage(index)).pages;
   }
 
   /** The non-zero extents of every disk, as copies in DISK_DIGEST_BLOCK_BYTES granules (for a full capture). */

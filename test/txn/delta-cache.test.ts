@@ -1,4 +1,6 @@
+import { fc, test } from '@fast-check/vitest';
 import { describe, expect, it } from 'vitest';
+import { PagesWorkerPool } from '../../src/pages/worker-pool.js';
 import { DeltaCache } from '../../src/txn/delta-cache.js';
 import { decodeDelta } from '../../src/pages/delta.js';
 import { PageKind } from '../../src/wire/bodies/pages.js';
@@ -54,5 +56,103 @@ describe('DeltaCache', () => {
     expect(again.unchangedPages).toBe(1); // page 3 is cached, page 1 was evicted
     expect(again.pages.map((p) => p.index)).toEqual([1]);
     expect(() => new DeltaCache(PAGE, -1)).toThrow(expect.objectContaining({ code: 'KEMARI_INVALID_ARGUMENT' }));
+  });
+});
+
+describe('DeltaCache: what it assumes the secondary holds is what the secondary holds', () => {
+  const PAGE_SMALL = 256;
+  const PAGES = 24;
+
+  /** The secondary's side: applies each sent page to its copy, as the replica does at commit. */
+  function applyTo(copy: Uint8Array, sent: readonly Page[]): void {
+    for (const page of sent) {
+      const at = copy.subarray(page.index * PAGE_SMALL, (page.index + 1) * PAGE_SMALL);
+      if (page.kind === PageKind.RAW) at.set(page.data);
+      else if (page.kind === PageKind.ZERO) at.fill(0);
+      else decodeDelta(at, page.data);
+    }
+  }
+
+  /** One epoch's changed pages, copied into one send buffer as a capture does (or one buffer per page when `scattered`). */
+  function captureOf(guest: Uint8Array, indices: number[], scattered: boolean, shared: boolean): Page[] {
+    const send = shared ? new Uint8Array(new SharedArrayBuffer(indices.length * PAGE_SMALL)) : new Uint8Array(indices.length * PAGE_SMALL);
+    return indices.map((index, k) => {
+      const source = guest.subarray(index * PAGE_SMALL, (index + 1) * PAGE_SMALL);
+      if (source.every((b) => b === 0)) return { index, kind: PageKind.ZERO, data: new Uint8Array(0) };
+      // A view at an odd offset takes the one-page path; views of one buffer go in one batched call.
+      const data = scattered && k % 2 === 1 ? new Uint8Array(PAGE_SMALL + 1).subarray(1) : send.subarray(k * PAGE_SMALL, (k + 1) * PAGE_SMALL);
+      data.set(source);
+      return { index, kind: PageKind.RAW, data };
+    });
+  }
+
+  const epochArb = fc.record({
+    pages: fc.uniqueArray(fc.integer({ min: 0, max: PAGES - 1 }), { minLength: 0, maxLength: PAGES }),
+    change: fc.constantFrom('few', 'many', 'zero', 'none'),
+    seed: fc.integer({ min: 1, max: 2 ** 30 }),
+  });
+
+  test.prop([fc.array(epochArb, { minLength: 1, maxLength: 25 }), fc.integer({ min: 0, max: 10 }), fc.boolean()], { numRuns: 120 })(
+    'over random epochs, with evictions, the secondary copy of every page equals the guest',
+    (epochs, cachePages, scattered) => {
+      const cache = new DeltaCache(PAGE_SMALL, cachePages * PAGE_SMALL);
+      const guest = new Uint8Array(PAGES * PAGE_SMALL);
+      const copy = new Uint8Array(PAGES * PAGE_SMALL);
+      // The full sync: every page, whole.
+      for (let i = 0; i < guest.length; i++) guest[i] = (i * 31) & 0xff;
+      copy.set(guest);
+      for (const epoch of epochs) {
+        let x = epoch.seed;
+        const next = (): number => ((x = (x * 1103515245 + 12345) & 0x7fffffff), x);
+        for (const index of epoch.pages) {
+          const page = guest.subarray(index * PAGE_SMALL, (index + 1) * PAGE_SMALL);
+          if (epoch.change === 'zero') page.fill(0);
+          else if (epoch.change === 'many') for (let i = 0; i < PAGE_SMALL; i++) page[i] = next() & 0xff;
+          else if (epoch.change === 'few') {
+            for (let i = 0; i < 3; i++) {
+              const at = next() % PAGE_SMALL;
+              page[at] = page[at]! ^ (1 + (next() % 255));
+            }
+          }
+        }
+        const sorted = [...epoch.pages].sort((a, b) => a - b);
+        const encoded = cache.encode(captureOf(guest, sorted, scattered, false));
+        expect(encoded.pages.length + encoded.unchangedPages).toBe(sorted.length);
+        applyTo(copy, encoded.pages);
+        expect(Buffer.compare(copy, guest)).toBe(0);
+        expect(cache.bytes).toBeLessThanOrEqual(cachePages * PAGE_SMALL);
+      }
+    },
+  );
+
+  it('encodeAsync on a worker pool sends exactly what encode sends', async () => {
+    const pool = await PagesWorkerPool.start({ workers: 2, parallelBytesMin: 0 });
+    try {
+      const threaded = new DeltaCache(PAGE_SMALL, 64 * PAGE_SMALL, { shared: true });
+      const here = new DeltaCache(PAGE_SMALL, 64 * PAGE_SMALL);
+      const guest = new Uint8Array(PAGES * PAGE_SMALL).fill(9);
+      const all = [...Array(PAGES).keys()];
+      let parallel = 0;
+      for (let epoch = 0; epoch < 12; epoch++) {
+        for (const index of all) {
+          const at = index * PAGE_SMALL + ((epoch * 37 + index) % PAGE_SMALL);
+          if ((index + epoch) % 3 !== 0) guest[at] = guest[at]! ^ 0x55;
+        }
+        if (epoch === 5) guest.subarray(0, 4 * PAGE_SMALL).fill(epoch); // many bytes: RAW again
+        const a = await threaded.encodeAsync(captureOf(guest, all, false, true), pool);
+        const b = here.encode(captureOf(guest, all, false, false));
+        if (a.parallel) parallel += 1;
+        expect(a.pages.map((p) => [p.index, p.kind, Buffer.from(p.data).toString('hex')])).toEqual(
+          b.pages.map((p) => [p.index, p.kind, Buffer.from(p.data).toString('hex')]),
+        );
+        expect([a.deltaPages, a.unchangedPages, a.savedBytes]).toEqual([b.deltaPages, b.unchangedPages, b.savedBytes]);
+      }
+      expect(parallel).toBeGreaterThan(8); // every epoch after the first had a batch for the threads
+      // Pages not in SharedArrayBuffers cannot be read by the threads: that batch stays on this thread.
+      const local = await threaded.encodeAsync(captureOf(guest, all, false, false), pool);
+      expect(local.parallel).toBe(false);
+    } finally {
+      await pool.close();
+    }
   });
 });

@@ -1,0 +1,99 @@
+/**
+ * Send buffers for captured pages, reused from epoch to epoch.
+ *
+ * Why: every epoch copies its dirty pages out of the guest (the guest runs again while they stream). A new buffer
+ * per epoch is garbage a few milliseconds later, and at hundreds of epochs a second that garbage is what the
+ * process spends its time collecting (external-memory pressure starts a scavenge every few epochs) and what its
+ * resident size is made of. The primary hands a capture back once its epoch is committed (VmAdapter.releaseCapture),
+ * when nothing refers to its pages any more: the frames that carried them were received by the secondary, so they
+ * left this process's socket long before.
+ *
+ * Bounded: at most `buffersMax` free buffers and `freeBytesMax` free bytes are kept; beyond, a returned buffer is
+ * left to the garbage collector. Buffers are SharedArrayBuffers when `shared`, so a PagesWorkerPool can read the
+ * pages in place.
+ */
+import { KemariError } from '../errors.js';
+
+/** Options of {@link CaptureBuffers}. */
+export interface CaptureBuffersOptions {
+  /** Free buffers kept for reuse; default 4 (a pipeline of two epochs, one being captured, one spare). */
+  buffersMax?: number;
+  /** Free bytes kept for reuse; default 256 MiB. */
+  freeBytesMax?: number;
+}
+
+/** Buffers grow in steps of this many bytes, so an epoch a little larger than the last still reuses a buffer. */
+const GRANULE_BYTES = 1 << 20;
+
+export class CaptureBuffers {
+  private readonly free: ArrayBufferLike[] = [];
+  private freeBytes = 0;
+  private readonly lent = new WeakSet<ArrayBufferLike>();
+  private readonly buffersMax: number;
+  private readonly freeBytesMax: number;
+  /** Buffers allocated, and taken from the free list, since creation (for tests and stats). */
+  allocated = 0;
+  reused = 0;
+
+  constructor(options: CaptureBuffersOptions = {}) {
+    this.buffersMax = options.buffersMax ?? 4;
+    this.freeBytesMax = options.freeBytesMax ?? 256 << 20;
+    if (!Number.isSafeInteger(this.buffersMax) || this.buffersMax < 0 || !Number.isSafeInteger(this.freeBytesMax) || this.freeBytesMax < 0) {
+      throw new KemariError('KEMARI_INVALID_ARGUMENT', 'capture buffers: buffersMax and freeBytesMax must be non-negative integers', {
+        details: { buffersMax: this.buffersMax, freeBytesMax: this.freeBytesMax },
+      });
+    }
+  }
+
+  /**
+   * A view of exactly `bytes` bytes, starting at offset 0 of its buffer (page-aligned views stay page-aligned), of
+   * uninitialized content: the smallest free buffer that holds it (of the wanted kind), else a new one.
+   */
+  take(bytes: number, shared: boolean): Uint8Array {
+    let best = -1;
+    for (let i = 0; i < this.free.length; i++) {
+      const buffer = this.free[i]!;
+      if (buffer.byteLength < bytes || buffer instanceof SharedArrayBuffer !== shared) continue;
+      if (best < 0 || buffer.byteLength < this.free[best]!.byteLength) best = i;
+    }
+    let buffer: ArrayBufferLike;
+    if (best >= 0) {
+      buffer = this.free.splice(best, 1)[0]!;
+      this.freeBytes -= buffer.byteLength;
+      this.reused += 1;
+    } else {
+      const capacity = Math.ceil(bytes / GRANULE_BYTES) * GRANULE_BYTES;
+      // allocUnsafeSlow: a dedicated buffer, not zero-filled (every byte handed out is written by the capture).
+      buffer = shared ? new SharedArrayBuffer(capacity) : Buffer.allocUnsafeSlow(capacity).buffer;
+      this.allocated += 1;
+    }
+    this.lent.add(buffer);
+    return new Uint8Array(buffer, 0, bytes);
+  }
+
+  /**
+   * Takes back a buffer handed out by {@link take} (any view of it); the caller must not use it afterwards. A
+   * buffer not lent by this pool, or given back twice, is ignored (never handed out twice at once).
+   */
+  give(view: Uint8Array): void {
+    const buffer = view.buffer;
+    if (!this.lent.has(buffer)) return;
+    this.lent.delete(buffer);
+    if (buffer.byteLength > this.freeBytesMax || this.buffersMax === 0) return;
+    // Over a bound: drop smaller free buffers for this one (larger buffers serve more epochs), else drop this one.
+    while (this.free.length >= this.buffersMax || this.freeBytes + buffer.byteLength > this.freeBytesMax) {
+      let smallest = 0;
+      for (let i = 1; i < this.free.length; i++) if (this.free[i]!.byteLength < this.free[smallest]!.byteLength) smallest = i;
+      if (this.free[smallest]!.byteLength >= buffer.byteLength) return;
+      this.freeBytes -= this.free[smallest]!.byteLength;
+      this.free.splice(smallest, 1);
+    }
+    this.free.push(buffer);
+    this.freeBytes += buffer.byteLength;
+  }
+
+  /** Free bytes held for reuse. */
+  get bytesFree(): number {
+    return this.freeBytes;
+  }
+}
