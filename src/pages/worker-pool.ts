@@ -262,6 +262,9 @@ export class PagesWorkerPool {
     this.liveBuffers.delete(id);
     this.broadcast({ type: 'forget', id });
   });
+  /** Shared file mappings (shareFile): the main thread's mapping buffer to its id, and what the threads map. */
+  private readonly fileIds = new WeakMap<ArrayBufferLike, number>();
+  private readonly files = new Map<number, { path: string; bytes: number }>();
   private scratch: Scratch = {
     changedPages: new Uint32Array(new SharedArrayBuffer(4096)),
     zeroFlags: new Uint8Array(new SharedArrayBuffer(1024)),
@@ -376,8 +379,8 @@ export class PagesWorkerPool {
 
   /**
    * {@link scanChangedPages} split by page ranges over the threads: same arguments, same result and same writes to
-   * `out` and `reference`, byte for byte. `region` and `reference` must be views of SharedArrayBuffers (`out` may
-   * be any memory). Keep all three untouched until the promise settles. Should it reject after threads began (a
+   * `out` and `reference`, byte for byte. `region` must be a view of a SharedArrayBuffer or of a file mapping
+   * shared with {@link shareFile}, `reference` a view of a SharedArrayBuffer (`out` may be any memory). Keep all three untouched until the promise settles. Should it reject after threads began (a
    * crash), a reference scanned with `update: true` is partly advanced: treat every page as changed (full sync).
    */
   scanChangedPages(region: Uint8Array, pageBytes: number, reference: PageReference, out: PageScanOutput, options: PageScanOptions = {}): Promise<number> {
@@ -386,7 +389,7 @@ export class PagesWorkerPool {
     let update: boolean;
     let seed: bigint;
     try {
-      ({ kind, pageCount, update, seed } = checkScan(region, pageBytes, reference, out, options));
+      ({ kind, pageCount, update, seed } = checkScan(region, pageBytes, reference, out, options, this.readable(region)));
     } catch (error) {
       return Promise.reject(error);
     }
@@ -753,6 +756,7 @@ export class PagesWorkerPool {
           const buffer = ref.deref();
           if (buffer !== undefined) worker.postMessage({ type: 'buffer', id, buffer } satisfies ToWorker);
         }
+        for (const [id, file] of this.files) worker.postMessage({ type: 'file', id, ...file } satisfies ToWorker);
         slot.ready = true;
         this.pump();
       },
@@ -786,7 +790,46 @@ export class PagesWorkerPool {
   }
 
   private ref(view: ArrayBufferView): SharedRef {
-    return [this.bufferId(view.buffer as SharedArrayBuffer), view.byteOffset];
+    const fileId = this.fileIds.get(view.buffer);
+    return [fileId ?? this.bufferId(view.buffer as SharedArrayBuffer), view.byteOffset];
+  }
+
+  /**
+   * Lets the threads scan `mapping`, a mapping of the file at `path` made by mmapFile (QEMU's shared memory-backend
+   * file, whose guest RAM is not a SharedArrayBuffer): each thread maps the same file itself, read-only and shared,
+   * so it sees the very pages the main thread sees, and a scan of the mapping (or of a view of it) then runs on the
+   * threads in place. Needs the threads on the addon (`implementation === 'native'`): the TypeScript fallback's
+   * "mapping" is a copy, which would not see the guest's changes (KEMARI_INVALID_ARGUMENT then). Sharing a mapping
+   * twice is a no-op; {@link unshareFile} ends it (the threads unmap their copies).
+   */
+  shareFile(mapping: Uint8Array, path: string): void {
+    checkUint8Array('mapping', mapping);
+    if (typeof path !== 'string' || path.length === 0) invalid('path', 'must be a non-empty string', path);
+    if (this.implementation !== 'native') {
+      invalid('mapping', "the pool's threads run the TypeScript fallback, whose file mapping is a copy: scan it on the calling thread");
+    }
+    if (this.closing) throw new KemariError('KEMARI_CLOSED', 'the page worker pool is closed');
+    const buffer = mapping.buffer;
+    if (this.fileIds.has(buffer)) return;
+    const id = this.nextBufferId++;
+    this.fileIds.set(buffer, id);
+    const file = { path, bytes: buffer.byteLength };
+    this.files.set(id, file);
+    this.broadcast({ type: 'file', id, ...file });
+  }
+
+  /** Ends {@link shareFile} for `mapping`'s buffer: the threads unmap their mappings. Unknown mappings are ignored. */
+  unshareFile(mapping: Uint8Array): void {
+    const id = this.fileIds.get(mapping.buffer);
+    if (id === undefined) return;
+    this.fileIds.delete(mapping.buffer);
+    this.files.delete(id);
+    this.broadcast({ type: 'forget', id });
+  }
+
+  /** True when the threads can read `view` in place: a SharedArrayBuffer, or a shared file mapping. */
+  private readable(view: ArrayBufferView): boolean {
+    return isShared(view) || this.fileIds.has(view.buffer);
   }
 
   private scratchForScan(pageCount: number): Scratch {
@@ -811,6 +854,7 @@ function checkScan(
   reference: PageReference,
   out: PageScanOutput,
   options: PageScanOptions,
+  regionReadable: boolean,
 ): { kind: ScanReferenceKind; pageCount: number; update: boolean; seed: bigint } {
   checkUint8Array('region', region);
   checkScanPageBytes('pageBytes', pageBytes);
@@ -831,7 +875,7 @@ function checkScan(
   for (const [name, view] of [['reference', reference], ['out.changedPages', changedPages], ['out.zeroFlags', zeroFlags]] as const) {
     if (ArrayBuffer.isView(view)) checkDisjoint(name, view, 'region', region);
   }
-  checkShared('region', region);
+  if (!regionReadable) invalid('region', 'must be a view of a SharedArrayBuffer or of a file mapping shared with shareFile (the worker threads read it in place)');
   let kind: ScanReferenceKind;
   if (reference instanceof Uint8Array) {
     if (reference.length !== region.length) invalid('reference', `a shadow copy must be as long as region (${region.length})`, reference.length);

@@ -14,7 +14,18 @@ export interface BufferMessage {
   buffer: SharedArrayBuffer;
 }
 
-/** Main thread to worker: `id` is no longer used (its buffer was collected on the main thread). */
+/**
+ * Main thread to worker: from now on, `id` names this thread's own read-only MAP_SHARED mapping of the first `bytes`
+ * bytes of the file at `path` (the main thread maps the same file: both see the same pages, e.g. QEMU's guest RAM).
+ */
+export interface FileMessage {
+  type: 'file';
+  id: number;
+  path: string;
+  bytes: number;
+}
+
+/** Main thread to worker: `id` is no longer used (its buffer was collected, or its file unshared: then unmapped). */
 export interface ForgetMessage {
   type: 'forget';
   id: number;
@@ -78,7 +89,7 @@ export interface FaultMessage {
 }
 
 /** Everything the main thread sends. */
-export type ToWorker = BufferMessage | ForgetMessage | ScanJobMessage | EncodeJobMessage | FaultMessage;
+export type ToWorker = BufferMessage | FileMessage | ForgetMessage | ScanJobMessage | EncodeJobMessage | FaultMessage;
 
 /** Worker to main thread, once at start: which backend it loaded, and why not the addon if it did not. */
 export interface ReadyMessage {

@@ -16,15 +16,20 @@ const port = parentPort;
 if (port === null) throw new Error('worker-thread.ts runs only as a worker thread of PagesWorkerPool');
 
 const buffers = new Map<number, SharedArrayBuffer>();
+/** File mappings of this thread (FileMessage), and why a file could not be mapped here. */
+const mappings = new Map<number, ArrayBuffer>();
+const mappingErrors = new Map<number, string>();
 let fault: 'throw' | 'exit' | undefined;
 
-function bufferById(id: number): SharedArrayBuffer {
-  const buffer = buffers.get(id);
-  if (buffer === undefined) throw new Error(`shared buffer ${id} was never registered with this worker`);
-  return buffer;
+function bufferById(id: number): SharedArrayBuffer | ArrayBuffer {
+  const buffer = buffers.get(id) ?? mappings.get(id);
+  if (buffer !== undefined) return buffer;
+  const failed = mappingErrors.get(id);
+  if (failed !== undefined) throw new Error(`shared file ${id} could not be mapped in this worker: ${failed}`);
+  throw new Error(`shared buffer ${id} was never registered with this worker`);
 }
 
-function bufferOf(ref: SharedRef): SharedArrayBuffer {
+function bufferOf(ref: SharedRef): SharedArrayBuffer | ArrayBuffer {
   return bufferById(ref[0]);
 }
 
@@ -77,9 +82,23 @@ port.on('message', (message: ToWorker) => {
     case 'buffer':
       buffers.set(message.id, message.buffer);
       return;
-    case 'forget':
-      buffers.delete(message.id);
+    case 'file':
+      try {
+        mappings.set(message.id, activeBackend.mmapFile(message.path, message.bytes));
+      } catch (error) {
+        mappingErrors.set(message.id, error instanceof Error ? error.message : String(error));
+      }
       return;
+    case 'forget': {
+      buffers.delete(message.id);
+      mappingErrors.delete(message.id);
+      const mapping = mappings.get(message.id);
+      if (mapping !== undefined) {
+        mappings.delete(message.id);
+        activeBackend.unmap(mapping);
+      }
+      return;
+    }
     case 'fault':
       fault = message.mode;
       return;

@@ -1,0 +1,91 @@
+import { openSync, closeSync, mkdtempSync, rmSync, writeSync, ftruncateSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { FINGERPRINT_BYTES, mmapFile, pagesImplementation, scanChangedPages, unmap } from '../../src/pages/index.js';
+import { PagesWorkerPool, sharedBytes } from '../../src/pages/worker-pool.js';
+
+const PAGE = 4096;
+const PAGES = 2048; // 8 MiB
+const cleanups: Array<() => unknown> = [];
+afterEach(async () => {
+  for (const f of cleanups.splice(0).reverse()) await f();
+});
+
+/** A file of PAGES pages, every page non-zero but page 7, mapped here; and a writer of one byte of it. */
+function mappedFile(): { path: string; mapping: Uint8Array; poke: (offset: number, value: number) => void } {
+  const dir = mkdtempSync(join(tmpdir(), 'kemari-pool-file-'));
+  const path = join(dir, 'ram');
+  const fd = openSync(path, 'w+');
+  ftruncateSync(fd, PAGES * PAGE);
+  const page = Buffer.alloc(PAGE);
+  for (let p = 0; p < PAGES; p++) {
+    if (p === 7) continue;
+    page.fill(p & 0xff || 1);
+    writeSync(fd, page, 0, PAGE, p * PAGE);
+  }
+  const mapping = new Uint8Array(mmapFile(path, PAGES * PAGE));
+  cleanups.push(() => {
+    unmap(mapping.buffer as ArrayBuffer);
+    closeSync(fd);
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return { path, mapping, poke: (offset, value) => void writeSync(fd, Uint8Array.of(value), 0, 1, offset) };
+}
+
+describe('PagesWorkerPool over a shared file mapping', () => {
+  it('the threads map the file themselves and scan it in place: the same changes, seen as the file changes', async () => {
+    expect(pagesImplementation()).toBe('native'); // CI builds the addon: the mapping is a real MAP_SHARED one
+    const pool = await PagesWorkerPool.start({ workers: 2, parallelBytesMin: 0 });
+    cleanups.push(() => pool.close());
+    const { path, mapping, poke } = mappedFile();
+    pool.shareFile(mapping, path);
+    pool.shareFile(mapping, path); // twice: a no-op
+
+    const threaded = new BigUint64Array(new SharedArrayBuffer(PAGES * FINGERPRINT_BYTES));
+    const here = new BigUint64Array(PAGES);
+    const out = (): { changedPages: Uint32Array; zeroFlags: Uint8Array } => ({ changedPages: new Uint32Array(PAGES), zeroFlags: new Uint8Array(PAGES) });
+    const seed = 0x1234_5678_9abc_def0n;
+    const before = pool.stats().parallelOperations;
+    const a = out();
+    const b = out();
+    expect(await pool.scanChangedPages(mapping, PAGE, threaded, a, { update: true, seed })).toBe(scanChangedPages(mapping, PAGE, here, b, { update: true, seed }));
+    expect(Buffer.from(threaded.buffer).equals(Buffer.from(here.buffer))).toBe(true);
+    expect(pool.stats().parallelOperations).toBe(before + 1); // ran on the threads, not inline
+
+    // Written through the file (as QEMU writes guest RAM): the threads' own mappings see it.
+    poke(5 * PAGE + 100, 0xee);
+    poke(1500 * PAGE, 0);
+    poke(7 * PAGE + 9, 3); // page 7 was zero
+    const c = out();
+    const count = await pool.scanChangedPages(mapping, PAGE, threaded, c, { update: true, seed });
+    expect([...c.changedPages.subarray(0, count)]).toEqual([5, 7, 1500]);
+    expect([...c.zeroFlags.subarray(0, count)]).toEqual([0, 0, 0]);
+    // A view of part of the mapping works too (as a RAM block inside a larger file would be).
+    const d = out();
+    const part = mapping.subarray(1024 * PAGE);
+    expect(await pool.scanChangedPages(part, PAGE, threaded.subarray(1024), d, { update: false, seed })).toBe(0);
+
+    pool.unshareFile(mapping);
+    await expect(pool.scanChangedPages(mapping, PAGE, threaded, out(), { seed })).rejects.toMatchObject({ code: 'KEMARI_INVALID_ARGUMENT' });
+  });
+
+  it('a mapping that is not shared, or a pool on the fallback, is refused', async () => {
+    const pool = await PagesWorkerPool.start({ workers: 1, parallelBytesMin: 0 });
+    cleanups.push(() => pool.close());
+    const { mapping } = mappedFile();
+    const table = new BigUint64Array(new SharedArrayBuffer(PAGES * FINGERPRINT_BYTES));
+    await expect(pool.scanChangedPages(mapping, PAGE, table, { changedPages: new Uint32Array(PAGES), zeroFlags: new Uint8Array(PAGES) })).rejects.toMatchObject({
+      code: 'KEMARI_INVALID_ARGUMENT',
+    });
+    expect(() => pool.shareFile(mapping, '')).toThrow(expect.objectContaining({ code: 'KEMARI_INVALID_ARGUMENT' }));
+    // Threads on the TypeScript fallback would scan a stale copy: sharing the file with them is refused.
+    process.env.KEMARI_PAGES_IMPLEMENTATION = 'js';
+    const fallback = await PagesWorkerPool.start({ workers: 1, parallelBytesMin: 0 }).finally(() => delete process.env.KEMARI_PAGES_IMPLEMENTATION);
+    cleanups.push(() => fallback.close());
+    expect(fallback.implementation).toBe('js');
+    expect(() => fallback.shareFile(mapping, '/dev/null')).toThrow(expect.objectContaining({ code: 'KEMARI_INVALID_ARGUMENT' }));
+    // A plain SharedArrayBuffer region is what the pool always took.
+    expect(await pool.scanChangedPages(sharedBytes(PAGE), PAGE, new BigUint64Array(new SharedArrayBuffer(8)), { changedPages: new Uint32Array(1), zeroFlags: new Uint8Array(1) })).toBe(1);
+  });
+});
