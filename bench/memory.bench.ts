@@ -208,7 +208,7 @@ interface SecondaryFigures {
 const send = (m: unknown): void => void process.send?.(m);
 
 function forkSelf(args: string[]): ChildProcess {
-  return fork(new URL(import.meta.url), args, { execArgv: [...process.execArgv, '--expose-gc', ...(process.env.SEMI ? ['--max-semi-space-size=' + process.env.SEMI] : [])] });
+  return fork(new URL(import.meta.url), args, { execArgv: [...process.execArgv, '--expose-gc'] });
 }
 
 function nextMessage<T>(child: ChildProcess): Promise<T> {

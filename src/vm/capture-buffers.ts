@@ -16,7 +16,7 @@ import { KemariError } from '../errors.js';
 
 /** Options of {@link CaptureBuffers}. */
 export interface CaptureBuffersOptions {
-  /** Free buffers kept for reuse; default 4 (a pipeline of two epochs, one being captured, one spare). */
+  /** Free buffers kept for reuse; default 2 (a pipeline of two epochs: each ack frees the buffer the next capture takes). */
   buffersMax?: number;
   /** Free bytes kept for reuse; default 256 MiB. */
   freeBytesMax?: number;
@@ -36,7 +36,7 @@ export class CaptureBuffers {
   reused = 0;
 
   constructor(options: CaptureBuffersOptions = {}) {
-    this.buffersMax = options.buffersMax ?? 4;
+    this.buffersMax = options.buffersMax ?? 2;
     this.freeBytesMax = options.freeBytesMax ?? 256 << 20;
     if (!Number.isSafeInteger(this.buffersMax) || this.buffersMax < 0 || !Number.isSafeInteger(this.freeBytesMax) || this.freeBytesMax < 0) {
       throw new KemariError('KEMARI_INVALID_ARGUMENT', 'capture buffers: buffersMax and freeBytesMax must be non-negative integers', {
