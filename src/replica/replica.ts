@@ -19,6 +19,7 @@ import { decodeDelta, validateDelta } from '../pages/delta.js';
 import { pack, unpack } from '../wire/msgpack.js';
 import type { StagedTxn } from '../txn/staged-txn.js';
 import { PageCrcTable } from '../vm/page-crc-table.js';
+import { touchPages } from './prefault.js';
 import { DISK_DIGEST_BLOCK_BYTES, computeStateDigest, digestHex } from './state-digest.js';
 
 /** The shape of the VM a replica mirrors; fixed for the life of the replica. */
@@ -85,7 +86,8 @@ export class Replica {
   /** Device states of the transaction being applied, encoded during validation (so writing cannot fail). */
   private encodedDevices: Array<[string, Uint8Array]> = [];
 
-  constructor(geometry: ReplicaGeometry, limits: ReplicaLimits = {}) {
+  constructor(geometry: ReplicaGeometry, limits: ReplicaLimits = {}, allocation: { prefault?: boolean } = {}) {
+    const prefault = allocation.prefault === false ? (b: Uint8Array) => b : (b: Uint8Array) => (touchPages(b), b);
     this.replayEventsMax = limits.replayEventsMax ?? 65_536;
     this.replayBytesMax = limits.replayBytesMax ?? 64 << 20;
     this.geometry = { ...geometry, deviceNames: [...geometry.deviceNames], disks: geometry.disks.map((d) => ({ ...d })) };
@@ -95,6 +97,11 @@ export class Replica {
       const data = prefault(new Uint8Array(bytes));
       this.disks.set(id, { id, bytes, data, table: new PageCrcTable(data, DISK_DIGEST_BLOCK_BYTES) });
     }
+  }
+
+  /** The memory and disk buffers, for a caller that faults them in itself (constructed with `prefault: false`). */
+  get buffers(): Uint8Array[] {
+    return [this.memory, ...[...this.disks.values()].map((d) => d.data)];
   }
 
   /** The committed epoch (0 before the first full sync). */
@@ -345,16 +352,6 @@ export class Replica {
     if (undo.txn === 0) this.hasEpoch = false;
     this.committed = undo.txn;
   }
-}
-
-/**
- * Touches every page of a new buffer so the kernel maps it now, when the session starts, not in the middle of
- * applying the first full sync: measured on a 256 MiB replica, first-touch faults interleaved with the copy made
- * the apply 4x slower (1.0 s against 0.23 s up front plus 0.07 s apply).
- */
-function prefault(buffer: Uint8Array): Uint8Array {
-  for (let i = 0; i < buffer.byteLength; i += 4096) buffer[i] = 0;
-  return buffer;
 }
 
 /** Device states of a staged transaction by name (for tests and reports). */

@@ -32,6 +32,7 @@ import { encodeFrame } from '../wire/encoder.js';
 import { FrameType } from '../wire/header.js';
 import { PeerState } from '../wire/bodies/heartbeat.js';
 import { StagingArena } from '../txn/staging-arena.js';
+import { BackgroundPrefault, PREFAULT_SLICE_BYTES } from '../replica/prefault.js';
 import type { ReceiverAction } from '../txn/receiver-core.js';
 import { SimulatedVm } from '../vm/simulated-vm.js';
 import type { VmAdapter } from '../vm/adapter.js';
@@ -186,6 +187,8 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
   private session: Session | undefined;
   private replicaNow: Replica | undefined;
   private arena: StagingArena | undefined;
+  /** Faulting in a large replica and staging arena after HELLO was answered (undefined when done up front). */
+  private prefault: BackgroundPrefault | undefined;
   private takeoverTimer: TimerHandle | undefined;
   private readonly connections = new Set<Connection>();
   private keeper: LeaseKeeper | undefined;
@@ -289,10 +292,10 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
     });
   }
 
-  private newArena(geometry: ReplicaGeometry): StagingArena | undefined {
+  private newArena(geometry: ReplicaGeometry, prefault = true): StagingArena | undefined {
     const diskBytes = geometry.disks.reduce((n, d) => n + d.bytes, 0);
     const stagingBytes = this.options.stagingBytes ?? Math.min(this.options.txnBytesMax ?? 1 << 30, geometry.memoryBytes + diskBytes + (2 << 20));
-    return stagingBytes > 0 ? new StagingArena(stagingBytes) : undefined;
+    return stagingBytes > 0 ? new StagingArena(stagingBytes, { prefault }) : undefined;
   }
 
   private async listenHeartbeatPath(where: NonNullable<SecondaryOptions<V>['heartbeatPath']>): Promise<void> {
@@ -409,6 +412,7 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
       throw new KemariError('KEMARI_NO_REPLICA', 'no epoch has been committed; there is nothing to resume');
     }
     this.stateNow = 'promoted';
+    this.prefault?.stop();
     this.stopTakeover();
     this.endSession(new KemariError('KEMARI_CLOSED', 'the secondary was promoted'));
     for (const connection of this.connections) connection.close(new KemariError('KEMARI_CLOSED', 'the secondary was promoted'));
@@ -432,6 +436,7 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
   async close(): Promise<void> {
     if (this.stateNow === 'closed') return;
     this.stateNow = 'closed';
+    this.prefault?.stop();
     this.stopTakeover();
     this.stopPathWatch();
     if (this.abortListener !== undefined) this.options.signal?.removeEventListener('abort', this.abortListener);
@@ -593,8 +598,14 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
       if (diskBytes > (this.options.diskBytesMax ?? 64 * 2 ** 30)) mismatch('disks exceed diskBytesMax', { diskBytes });
       if (new Set(hello.disks.map((d) => d.id)).size !== hello.disks.length) mismatch('duplicate disk ids');
       if (new Set(hello.devices).size !== hello.devices.length) mismatch('duplicate device names');
-      this.replicaNow = new Replica({ memoryBytes: hello.memoryBytes, pageBytes: hello.pageBytes, deviceNames: hello.devices, disks: hello.disks });
-      this.arena = this.newArena(this.replicaNow.geometry);
+      // Allocated now, faulted in after HELLO is answered when large (see replica/prefault.ts): a guest of many GiB
+      // takes seconds to fault in, longer than a primary waits for HELLO.
+      const geometry = { memoryBytes: hello.memoryBytes, pageBytes: hello.pageBytes, deviceNames: hello.devices, disks: hello.disks };
+      const inBackground = hello.memoryBytes + diskBytes > PREFAULT_SLICE_BYTES;
+      this.replicaNow = new Replica(geometry, {}, { prefault: !inBackground });
+      this.arena = this.newArena(this.replicaNow.geometry, !inBackground);
+      this.prefault?.stop();
+      this.prefault = inBackground ? new BackgroundPrefault([...this.replicaNow.buffers, ...(this.arena === undefined ? [] : [this.arena.memory])], this.timers).start() : undefined;
     }
     this.sessionId = hello.sessionId;
     this.generationSeen = generation;

@@ -8,6 +8,8 @@
  * the next bytes, `reset` starts over once nothing staged is alive (every staged transaction applied). A request
  * that does not fit gets a fresh buffer, so the arena bounds nothing by itself: `txnBytesMax` does.
  */
+import { touchPages } from '../replica/prefault.js';
+
 /** What the receiver needs of staging memory: bodies to fill, and a point at which all of them are dead. */
 export interface BodyAllocator {
   allocate(bytes: number): Uint8Array;
@@ -19,9 +21,18 @@ export class StagingArena implements BodyAllocator {
   private used = 0;
   private overflowBytes = 0;
 
-  constructor(readonly capacityBytes: number) {
+  /** `prefault: false` leaves faulting the memory in to the caller ({@link memory}, e.g. a BackgroundPrefault). */
+  constructor(
+    readonly capacityBytes: number,
+    options: { prefault?: boolean } = {},
+  ) {
     this.buffer = new Uint8Array(capacityBytes);
-    for (let i = 0; i < capacityBytes; i += 4096) this.buffer[i] = 0;
+    if (options.prefault !== false) touchPages(this.buffer);
+  }
+
+  /** The arena's memory (for a caller that faults it in itself). */
+  get memory(): Uint8Array {
+    return this.buffer;
   }
 
   /** `bytes` bytes nothing else uses until the next reset. */
