@@ -9,6 +9,7 @@
         "native/addon.cc",
         "native/page_scan.cc",
         "native/page_delta.cc",
+        "native/page_gather.cc",
         "native/file_map.cc"
       ],
       "dependencies": [

@@ -14,6 +14,7 @@
 
 #include "file_map.h"
 #include "page_delta.h"
+#include "page_gather.h"
 #include "page_scan.h"
 #include "xxh64.h"
 
@@ -207,6 +208,26 @@ Napi::Value EncodeDeltaBatch(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(r));
 }
 
+// gatherPages(memory, pageBytes, indices, count, out) -> count
+Napi::Value GatherPages(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const View memory = GetBytes(info, 0, "memory");
+  const size_t page_bytes = GetSize(info, 1, "pageBytes", 4294967295.0);
+  const View indices = GetView(info, 2, "indices");
+  const size_t count = GetSize(info, 3, "count", 4294967295.0);
+  const View out = GetBytes(info, 4, "out");
+  if (page_bytes == 0) throw Napi::RangeError::New(env, "pageBytes must be positive");
+  if (indices.type != napi_uint32_array || indices.bytes / 4 < count) {
+    throw Napi::RangeError::New(env, "indices must be a Uint32Array with at least count entries");
+  }
+  // Division rather than a product, which could overflow.
+  if (count > out.bytes / page_bytes) throw Napi::RangeError::New(env, "out must hold count * pageBytes bytes");
+  const int64_t r = kemari::GatherPages(memory.data, memory.bytes / page_bytes, reinterpret_cast<const uint32_t*>(indices.data),
+                                        count, page_bytes, out.data);
+  if (r < 0) throw Napi::RangeError::New(env, "indices[" + std::to_string(-1 - r) + "] is out of range");
+  return Napi::Number::New(env, static_cast<double>(r));
+}
+
 // decodeDelta(oldPage, delta, out) -> 0, or reason + 8 * offset
 Napi::Value DecodeDelta(const Napi::CallbackInfo& info) {
   const View old_page = GetBytes(info, 0, "oldPage");
@@ -314,6 +335,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("xxh64", Napi::Function::New(env, Xxh64, "xxh64"));
   exports.Set("encodeDelta", Napi::Function::New(env, EncodeDelta, "encodeDelta"));
   exports.Set("encodeDeltaBatch", Napi::Function::New(env, EncodeDeltaBatch, "encodeDeltaBatch"));
+  exports.Set("gatherPages", Napi::Function::New(env, GatherPages, "gatherPages"));
   exports.Set("decodeDelta", Napi::Function::New(env, DecodeDelta, "decodeDelta"));
   exports.Set("validateDelta", Napi::Function::New(env, ValidateDelta, "validateDelta"));
   exports.Set("mmapFile", Napi::Function::New(env, MmapFile, "mmapFile"));
@@ -323,7 +345,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 #else
   exports.Set("sse42", Napi::Boolean::New(env, false));
 #endif
-  exports.Set("abiVersion", Napi::Number::New(env, 2));  // 2: encodeDeltaBatch
+  exports.Set("abiVersion", Napi::Number::New(env, 3));  // 2: encodeDeltaBatch; 3: gatherPages
   return exports;
 }
 

@@ -54,6 +54,11 @@ export interface PagesBackend {
     lengths: Int32Array,
     updateBases: boolean,
   ): number;
+  /**
+   * Copies page indices[k] of `memory` to out[k * pageBytes, (k + 1) * pageBytes) for k < count (an epoch's capture
+   * into its send buffer). Returns count.
+   */
+  gatherPages(memory: Uint8Array, pageBytes: number, indices: Uint32Array, count: number, out: Uint8Array): number;
   /** 0, or the error value; on error `out` is untouched. */
   decodeDelta(oldPage: Uint8Array, delta: Uint8Array, out: Uint8Array): number;
   /** 0, or the error value. */
@@ -73,4 +78,4 @@ export interface NativePagesBinding extends PagesBackend {
 }
 
 /** The abiVersion this TypeScript expects from native/addon.cc. */
-export const NATIVE_ABI_VERSION = 2;
+export const NATIVE_ABI_VERSION = 3;

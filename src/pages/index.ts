@@ -10,6 +10,7 @@ export type { PageReference, PageScanOptions, PageScanOutput } from './scan.js';
 export { SCAN_PAGE_BYTES_MAX, SCAN_PAGE_BYTES_MIN } from './check.js';
 export { FINGERPRINT_BYTES, pageFingerprint } from './fingerprint.js';
 export { decodeDelta, encodeDelta, encodeDeltaBatch, validateDelta } from './delta.js';
+export { gatherPages } from './gather.js';
 export type { EncodeDeltaBatchOptions } from './delta.js';
 export { DELTA_GAP_BYTES_MIN, DELTA_PAGE_BYTES_MAX, DELTA_VARINT_BYTES_MAX, DeltaFault } from './delta-format.js';
 export { mmapFile, mmapImplementation, unmap } from './mmap.js';

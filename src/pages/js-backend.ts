@@ -4,6 +4,7 @@
  */
 import type { PagesBackend } from './backend.js';
 import { decodeDeltaJs, encodeDeltaBatchJs, encodeDeltaJs, validateDeltaJs } from './delta-js.js';
+import { gatherPagesJs } from './gather-js.js';
 import { mmapFileJs, unmapJs } from './mmap-js.js';
 import { scanFingerprintsJs, scanShadowJs } from './scan-js.js';
 import { xxh64Js } from './xxh64.js';
@@ -15,6 +16,7 @@ export const jsBackend: PagesBackend = {
   xxh64: xxh64Js,
   encodeDelta: encodeDeltaJs,
   encodeDeltaBatch: encodeDeltaBatchJs,
+  gatherPages: gatherPagesJs,
   decodeDelta: decodeDeltaJs,
   validateDelta: validateDeltaJs,
   mmapFile: mmapFileJs,

@@ -1,8 +1,9 @@
 /**
  * Copies the pages a capture takes into one new send buffer, the step every VM adapter shares: the guest resumes
  * while the epoch streams, so its pages must be copied during the pause. All-zero pages become ZERO pages (no
- * data); runs of consecutive pages are copied with one `set` each; the RAW pages are views of the send buffer.
+ * data); the others are gathered into the send buffer in one call (gatherPages); the RAW pages are views of it.
  */
+import { gatherPages } from '../pages/gather.js';
 import { PageKind } from '../wire/bodies/pages.js';
 import type { Page } from '../wire/bodies/pages.js';
 
@@ -27,32 +28,21 @@ export function copyPages(
 ): { pages: Page[]; send: Uint8Array } {
   const count = indices.length;
   // Pass 1: which pages are zero, so the send buffer holds exactly the RAW pages.
-  const raw = new Uint8Array(count);
+  const rawIndices = new Uint32Array(count);
   let rawCount = 0;
-  for (let i = 0; i < count; i++) {
-    if (!isZero(indices[i]!)) {
-      raw[i] = 1;
-      rawCount += 1;
-    }
-  }
-  // No zero-fill: every byte of it is overwritten below.
+  for (let i = 0; i < count; i++) if (!isZero(indices[i]!)) rawIndices[rawCount++] = indices[i]!;
+  // Pass 2: one gathering copy (native: run by run, prefetching the next page); every byte of `send` is written.
   const send = rawCount === 0 ? EMPTY : allocate(rawCount * pageBytes);
+  if (rawCount > 0) gatherPages(memory, pageBytes, rawIndices, send, rawCount);
   const pages: Page[] = new Array(count);
-  let to = 0;
-  for (let i = 0; i < count; ) {
+  for (let i = 0, r = 0; i < count; i++) {
     const index = indices[i]!;
-    if (raw[i] === 0) {
+    if (r < rawCount && rawIndices[r] === index) {
+      pages[i] = { index, kind: PageKind.RAW, data: send.subarray(r * pageBytes, (r + 1) * pageBytes) };
+      r += 1;
+    } else {
       pages[i] = { index, kind: PageKind.ZERO, data: EMPTY };
-      i += 1;
-      continue;
     }
-    let j = i + 1;
-    while (j < count && raw[j] === 1 && indices[j] === index + (j - i)) j += 1;
-    const start = index * pageBytes;
-    const runBytes = (j - i) * pageBytes;
-    send.set(memory.subarray(start, start + runBytes), to);
-    for (let k = i; k < j; k++, to += pageBytes) pages[k] = { index: indices[k]!, kind: PageKind.RAW, data: send.subarray(to, to + pageBytes) };
-    i = j;
   }
   return { pages, send };
 }
