@@ -13,6 +13,11 @@
  *    32 MiB), with their pause and commit latency under that load.
  * 3. Failover during 2: the primary QEMU SIGKILLed by PID → its death reported (QemuFaultGuard) → FAILOVER → the
  *    Secondary restores the committed epoch into a standby QEMU started beforehand → QEMU's RESUME (goal <= 500 ms).
+ * 4. Shared-memory mode of a 256 MiB guest (RAM in a /dev/shm file, `x-ignore-shared`): the per-epoch scan of the
+ *    file and the checkpoint (stop → capture → cont) for each change detection (`shadow`: a copy of the file;
+ *    `fingerprints`: 8 bytes a page) and each way of reading the file (mapped by the page addon, or positioned
+ *    reads: the fallback, forced with KEMARI_PAGES_IMPLEMENTATION=js), each in a process of its own; with the
+ *    memory the primary holds to find changes (shadow bytes, fingerprint table bytes).
  *
  *   npm run bench:qemu               (40 alternating cycles, 6 s back to back, per size)
  *   npm run bench:qemu -- --quick    (12 cycles, 1.5 s: a CI smoke run)
@@ -20,8 +25,9 @@
  * Prints the figures and exits 0 (goals are reported, not enforced: timings depend on the machine and its load);
  * exits 1 only when something failed to run. Every QEMU started is killed by PID on the way out.
  */
-import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { fork, spawnSync } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -29,7 +35,9 @@ import { RUN_MAGIC, RUN_MAGIC_ADDRESS, buildGuest } from '../examples/guest/buil
 import { QemuFaultGuard } from '../src/cli/qemu-fault-guard.js';
 import { Primary } from '../src/primary/primary.js';
 import type { PrimaryCommit } from '../src/primary/primary.js';
+import { mmapImplementation } from '../src/pages/mmap.js';
 import { MemoryNbdBackend } from '../src/qemu/nbd/memory-nbd-backend.js';
+import type { SharedMemoryChangeDetection } from '../src/qemu/qemu-machine.js';
 import type { QemuProcess } from '../src/qemu/qemu-process.js';
 import { QemuStandby } from '../src/qemu/qemu-standby.js';
 import { QemuVm } from '../src/qemu/qemu-vm.js';
@@ -45,6 +53,11 @@ const GAP_MS = 20;
 const GOAL_RATIO = 1.5;
 const GOAL_RATE_PER_S = 25;
 const GOAL_FAILOVER_MS = 500;
+/** Section 4: the shared-memory guest's size, and its epochs per configuration. */
+const SCAN_MIB = 256;
+const SCAN_EPOCHS = quick ? 12 : 40;
+/** The argument that makes this script one configuration of section 4 (a child process). */
+const SCAN_CHILD = 'scan-child';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -74,7 +87,14 @@ interface Result {
   detectMs: number;
 }
 
+if (process.argv[2] === SCAN_CHILD) {
+  await scanChild(process.argv[3] as SharedMemoryChangeDetection);
+  process.exit(0);
+}
+
 const processes: QemuProcess[] = [];
+/** QEMUs of section 4's child processes, killed by PID on the way out too. */
+const childQemuPids: number[] = [];
 const root = mkdtempSync(join(tmpdir(), 'kb-'));
 let status = 0;
 const results: Result[] = [];
@@ -82,11 +102,20 @@ try {
   console.log(`bench:qemu: ${quick ? 'quick' : 'full'} run; per size ${CYCLES} checkpoints alternating with bare migrations, then ${(PROTECTED_MS / 1000).toFixed(1)} s back to back; QEMU TCG, node ${process.version}`);
   for (const mib of SIZES_MIB) results.push(await measure(mib));
   report(results);
+  if (existsSync('/dev/shm')) reportScans(await measureScans());
+  else console.log('  4. shared-memory scan: skipped (no /dev/shm)');
 } catch (error) {
   console.error(`bench:qemu failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
   status = 1;
 } finally {
   await Promise.all(processes.map((qemu) => qemu.kill('SIGKILL')));
+  for (const pid of childQemuPids) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // gone already
+    }
+  }
   rmSync(root, { recursive: true, force: true });
 }
 process.exit(status);
@@ -227,6 +256,145 @@ function report(all: Result[]): void {
     console.log(`    32 MiB checkpoints/s: ${rate.toFixed(1)} (goal >= ${GOAL_RATE_PER_S}): ${rate >= GOAL_RATE_PER_S ? 'met' : 'NOT met'}`);
   }
   for (const r of all) console.log(`    ${r.mib} MiB failover: ${ms(r.failoverMs)} (goal <= ${GOAL_FAILOVER_MS} ms): ${r.failoverMs <= GOAL_FAILOVER_MS ? 'met' : 'NOT met'}`);
+}
+
+/** What one configuration of section 4 measured (sent by its child process). */
+interface ScanResult {
+  /** How the file was read: 'native' (mapped by the addon) or 'js' (positioned reads). */
+  mmap: string;
+  changeDetection: SharedMemoryChangeDetection;
+  memoryBytes: number;
+  sharedBytes: number;
+  /** The first capture, a full one (stop → capture of every page → cont): copies from the shadow or the file. */
+  fullCaptureMs: number;
+  scanMs: number[];
+  pauseMs: number[];
+  pages: number[];
+  shadowBytes: number;
+  fingerprintBytes: number;
+}
+
+/** Section 4: each file access × change detection in a child process of its own (the fallback is chosen at load). */
+async function measureScans(): Promise<ScanResult[]> {
+  const nativeEnv = { ...process.env };
+  delete nativeEnv.KEMARI_PAGES_IMPLEMENTATION;
+  const jsEnv = { ...process.env, KEMARI_PAGES_IMPLEMENTATION: 'js' };
+  const results: ScanResult[] = [];
+  for (const env of [nativeEnv, jsEnv]) {
+    for (const changeDetection of ['shadow', 'fingerprints'] as const) results.push(await runScanChild(changeDetection, env));
+  }
+  return results;
+}
+
+async function runScanChild(changeDetection: SharedMemoryChangeDetection, env: NodeJS.ProcessEnv): Promise<ScanResult> {
+  const child: ChildProcess = fork(new URL(import.meta.url), [SCAN_CHILD, changeDetection, ...(quick ? ['--quick'] : [])], { execArgv: process.execArgv, env });
+  try {
+    return await new Promise<ScanResult>((resolve, reject) => {
+      child.on('message', (message: { qemuPid?: number; result?: ScanResult; error?: string }) => {
+        if (message.qemuPid !== undefined) childQemuPids.push(message.qemuPid);
+        if (message.result !== undefined) resolve(message.result);
+        if (message.error !== undefined) reject(new Error(`scan child (${changeDetection}): ${message.error}`));
+      });
+      child.on('exit', (code) => reject(new Error(`scan child (${changeDetection}) exited with ${code} before reporting`)));
+    });
+  } finally {
+    if (child.connected) child.disconnect();
+  }
+}
+
+/**
+ * One configuration of section 4, in this (child) process: the guest with its RAM in a shared file under
+ * `changeDetection`, protected alone (captures released as a primary would), SCAN_EPOCHS epochs after the full one.
+ */
+async function scanChild(changeDetection: SharedMemoryChangeDetection): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'kbs-'));
+  const shm = `/dev/shm/kemari-bench-scan-${process.pid}`;
+  let vm: QemuVm | undefined;
+  try {
+    const { imagePath } = await buildGuest({ tickHz: 100, dirtyPagesPerTick: 16, ringPages: 1024, serialEveryTicks: 0, diskEveryTicks: 10 }, dir);
+    const machineArgs = ['-machine', 'pc,accel=tcg', '-m', String(SCAN_MIB), '-nodefaults', '-display', 'none', '-no-reboot'];
+    vm = await QemuVm.launch({
+      machineArgs,
+      sharedMemory: { path: shm, sizeBytes: SCAN_MIB << 20, changeDetection },
+      dir,
+      disk: new MemoryNbdBackend(new Uint8Array(readFileSync(imagePath))),
+    });
+    process.send!({ qemuPid: vm.process!.pid });
+    await waitRunning(vm.qmp);
+    // The ring written whole first (1024 pages at 16 a tick), as in sections 1 to 3.
+    await sleep(1000);
+    const fullStart = performance.now();
+    await vm.pause();
+    vm.releaseCapture(await vm.capture({ full: true, digest: false }));
+    await vm.resume();
+    const fullCaptureMs = performance.now() - fullStart;
+    const scanMs: number[] = [];
+    const pauseMs: number[] = [];
+    const pages: number[] = [];
+    for (let epoch = 0; epoch < SCAN_EPOCHS; epoch++) {
+      await sleep(GAP_MS);
+      const start = performance.now();
+      await vm.pause();
+      const capture = await vm.capture({ full: false, digest: false });
+      await vm.resume();
+      pauseMs.push(performance.now() - start);
+      scanMs.push(vm.stats().lastScanMs);
+      pages.push(capture.pages.length);
+      vm.releaseCapture(capture);
+    }
+    const stats = vm.stats();
+    const result: ScanResult = {
+      mmap: mmapImplementation(),
+      changeDetection,
+      memoryBytes: vm.memoryBytes,
+      sharedBytes: SCAN_MIB << 20,
+      fullCaptureMs,
+      scanMs,
+      pauseMs,
+      pages,
+      shadowBytes: stats.shadowBytes,
+      fingerprintBytes: stats.fingerprintBytes,
+    };
+    process.send!({ result });
+  } catch (error) {
+    process.send!({ error: error instanceof Error ? (error.stack ?? error.message) : String(error) });
+  } finally {
+    await vm?.close();
+    rmSync(shm, { force: true });
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function reportScans(all: ScanResult[]): void {
+  const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(2)} MiB`;
+  console.log('');
+  console.log(`  4. shared-memory mode, ${SCAN_MIB} MiB guest (RAM in /dev/shm, x-ignore-shared): the per-epoch scan of the file, by change detection`);
+  console.log('     and by how the file is read, and what the primary holds to find changed pages (beside the guest it protects):');
+  table([
+    ['file read by', 'change detection', 'scan p50 / p99', 'checkpoint p50 / p99', 'pages/epoch p50', 'full capture', 'shadow held', 'fingerprints held', 'held / guest'],
+    ...all.map((r) => [
+      r.mmap === 'native' ? 'mmap (addon)' : 'positioned reads',
+      r.changeDetection,
+      pair(r.scanMs),
+      pair(r.pauseMs),
+      String(Math.round(quantile(r.pages, 0.5))),
+      ms(r.fullCaptureMs),
+      mib(r.shadowBytes),
+      mib(r.fingerprintBytes),
+      `${((100 * (r.shadowBytes + r.fingerprintBytes)) / r.memoryBytes).toFixed(1)}%`,
+    ]),
+  ]);
+  for (const mmap of ['native', 'js']) {
+    const shadow = all.find((r) => r.mmap === mmap && r.changeDetection === 'shadow');
+    const fingerprints = all.find((r) => r.mmap === mmap && r.changeDetection === 'fingerprints');
+    if (shadow === undefined || fingerprints === undefined) continue;
+    const ratio = quantile(fingerprints.scanMs, 0.5) / quantile(shadow.scanMs, 0.5);
+    console.log(
+      `     ${mmap === 'native' ? 'mmap (addon)' : 'positioned reads'}: fingerprints scan ${ratio.toFixed(2)}x the shadow's time per epoch, ` +
+        `holding ${mib(fingerprints.shadowBytes + fingerprints.fingerprintBytes)} instead of ${mib(shadow.shadowBytes + shadow.fingerprintBytes)}`,
+    );
+  }
+  console.log('');
 }
 
 function table(rows: string[][]): void {

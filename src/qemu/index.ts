@@ -26,5 +26,5 @@ export { QemuStandby, restoreQemu } from './qemu-standby.js';
 export type { QemuRestoreStats, QemuStandbyOptions } from './qemu-standby.js';
 export { QEMU_DEVICE_NAME, parseQemuDeviceState, qemuDeviceState } from './qemu-device-state.js';
 export type { QemuDeviceState } from './qemu-device-state.js';
-export { SHARED_MEMORY_BACKEND_ID, qemuArgs, sharedMemoryArgs } from './qemu-machine.js';
-export type { QemuMachineOptions, SharedMemoryOptions } from './qemu-machine.js';
+export { SHARED_MEMORY_BACKEND_ID, SHARED_MEMORY_CHANGE_DETECTIONS, qemuArgs, sharedMemoryArgs } from './qemu-machine.js';
+export type { QemuMachineOptions, SharedMemoryChangeDetection, SharedMemoryOptions } from './qemu-machine.js';

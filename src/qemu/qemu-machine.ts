@@ -14,12 +14,30 @@ import { KemariError } from '../errors.js';
  */
 export const SHARED_MEMORY_BACKEND_ID = 'mem';
 
+/**
+ * How kemari finds the pages of the shared RAM file that changed since the last capture:
+ * - `'shadow'`: against a copy of the file (as much memory again as the guest); exact, never misses a change.
+ * - `'fingerprints'`: against one XXH64 of each page, with a random per-VM seed (8 bytes a page, 0.2% of the
+ *   guest), so the primary holds no copy of guest RAM: captures copy changed pages straight from the file while
+ *   the VM is stopped. A change is missed only if a page's new contents hash like its old ones (2^-64 a page; the
+ *   secret seed keeps a guest from aiming at that).
+ */
+export type SharedMemoryChangeDetection = 'shadow' | 'fingerprints';
+
+/** The values of {@link SharedMemoryChangeDetection}, for validation. */
+export const SHARED_MEMORY_CHANGE_DETECTIONS: readonly SharedMemoryChangeDetection[] = Object.freeze(['shadow', 'fingerprints']);
+
 /** Guest RAM in a file both QEMU and kemari can read (`/dev/shm/...`), for larger guests. */
 export interface SharedMemoryOptions {
   /** Absolute path of the file (created by QEMU if missing); use tmpfs (`/dev/shm`) so reading it costs no I/O. */
   path: string;
   /** Guest RAM size in bytes: must equal QEMU's `-m`. */
   sizeBytes: number;
+  /**
+   * How changed pages of the file are found (see {@link SharedMemoryChangeDetection}). Default `'shadow'`. Only the
+   * QemuVm protecting (or adopted into) this QEMU uses it; QEMU's command line is the same either way.
+   */
+  changeDetection?: SharedMemoryChangeDetection;
 }
 
 /** The machine a QemuVm runs: what the primary and its standby must share. */
@@ -63,12 +81,20 @@ export function qemuArgs(machine: QemuMachineOptions, driveArgs: readonly string
   ];
 }
 
-/** Throws KEMARI_INVALID_ARGUMENT unless `shared` has an absolute path and a positive page-multiple size. */
+/**
+ * Throws KEMARI_INVALID_ARGUMENT unless `shared` has an absolute path, a positive page-multiple size and, when
+ * given, a known `changeDetection`.
+ */
 export function checkSharedMemory(shared: SharedMemoryOptions): void {
   if (typeof shared !== 'object' || shared === null || typeof shared.path !== 'string' || !isAbsolute(shared.path)) {
     throw new KemariError('KEMARI_INVALID_ARGUMENT', 'sharedMemory.path must be an absolute path', { details: { field: 'sharedMemory.path' } });
   }
   if (!Number.isSafeInteger(shared.sizeBytes) || shared.sizeBytes <= 0 || shared.sizeBytes % 4096 !== 0) {
     throw new KemariError('KEMARI_INVALID_ARGUMENT', 'sharedMemory.sizeBytes must be a positive multiple of 4096', { details: { sizeBytes: shared.sizeBytes } });
+  }
+  if (shared.changeDetection !== undefined && !SHARED_MEMORY_CHANGE_DETECTIONS.includes(shared.changeDetection)) {
+    throw new KemariError('KEMARI_INVALID_ARGUMENT', `sharedMemory.changeDetection must be one of ${SHARED_MEMORY_CHANGE_DETECTIONS.join(', ')}`, {
+      details: { field: 'sharedMemory.changeDetection', changeDetection: shared.changeDetection },
+    });
   }
 }

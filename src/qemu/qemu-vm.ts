@@ -8,7 +8,9 @@
  *   order, is the guest memory kemari sees (one linear space of 4 KiB pages, see {@link GuestMemory}). The stream
  *   always carries all of RAM, so changed pages are found by comparing each page with a shadow copy of the last
  *   capture; only those are returned (every page when `full`). In shared-memory mode (`sharedMemory`, capability
- *   `x-ignore-shared`) the stream carries only devices and ROMs, and the RAM block is read from its file instead.
+ *   `x-ignore-shared`) the stream carries only devices and ROMs, and the RAM block is read from its file instead:
+ *   compared with a shadow copy (`changeDetection: 'shadow'`, the default), or with one fingerprint a page
+ *   (`'fingerprints'`: no copy of guest RAM on the primary; captures copy the changed pages out of the file).
  * - Devices: the stream's device sections as one opaque blob, in the single device {@link QEMU_DEVICE_NAME}, with
  *   what a standby needs to re-emit a stream (see {@link QemuDeviceState}).
  * - Disk: the guest's drive is served by kemari's NBD server ({@link QemuDisk}); the writes it logged since the
@@ -28,7 +30,7 @@ import type { DiskInfo } from '../wire/bodies/hello.js';
 import type { CaptureOptions, EpochCapture, VmAdapter } from '../vm/adapter.js';
 import { CaptureBuffers } from '../vm/capture-buffers.js';
 import { GuestMemory, layoutBlocks } from './guest-memory.js';
-import type { GuestRamBlock } from './guest-memory.js';
+import type { GuestMemoryOptions, GuestRamBlock } from './guest-memory.js';
 import { PAGE_BYTES } from './migration/format.js';
 import type { RamBlockInfo } from './migration/records.js';
 import { MigrationReceiver, configureCheckpointMigration } from './migration-receiver.js';
@@ -110,6 +112,13 @@ export interface QemuVmStats {
   lastScanMs: number;
   /** Pages the last capture returned. */
   lastPages: number;
+  /**
+   * Bytes of the shadow copy of guest memory held: all of it in shadow mode, only the blocks the stream carries
+   * (ROMs, BIOS) with `changeDetection: 'fingerprints'`.
+   */
+  shadowBytes: number;
+  /** Bytes of the page fingerprints of the shared RAM block (8 a page with `'fingerprints'`, else 0). */
+  fingerprintBytes: number;
 }
 
 const EMPTY = new Uint8Array(0);
@@ -142,7 +151,15 @@ export class QemuVm implements VmAdapter {
   /** Send buffers of captures, reused once the primary hands the capture back (releaseCapture). */
   private readonly captureBuffers = new CaptureBuffers();
   private readonly sendBufferOf = new WeakMap<EpochCapture, Uint8Array>();
-  private readonly counters: QemuVmStats = { captures: 0, pagesCaptured: 0, streams: 0, lastStreamBytes: 0, lastMigrateMs: 0, lastScanMs: 0, lastPages: 0 };
+  private readonly counters: Omit<QemuVmStats, 'shadowBytes' | 'fingerprintBytes'> = {
+    captures: 0,
+    pagesCaptured: 0,
+    streams: 0,
+    lastStreamBytes: 0,
+    lastMigrateMs: 0,
+    lastScanMs: 0,
+    lastPages: 0,
+  };
 
   private constructor(init: {
     qmp: QmpClient;
@@ -178,7 +195,8 @@ export class QemuVm implements VmAdapter {
    * migration socket and takes one probe stream to learn the RAM block layout (`memoryBytes` must be known before
    * the first capture, for HELLO). A running guest is stopped for the probe (about one checkpoint) and resumed;
    * one that was not running is left stopped (in `postmigrate`). Every page starts changed, so the first capture
-   * describes the whole memory.
+   * describes the whole memory. The shared memory file, if any, is opened first: a wrong path or size fails
+   * before the guest is stopped.
    */
   static async attach(options: QemuVmAttachOptions): Promise<QemuVm> {
     const shared = options.sharedMemory;
@@ -187,27 +205,28 @@ export class QemuVm implements VmAdapter {
     const receiver = await MigrationReceiver.listen(options.migrationSocketPath);
     let sharedFile: SharedMemoryFile | undefined;
     try {
+      if (shared !== undefined) sharedFile = await SharedMemoryFile.open(shared.path, shared.sizeBytes);
       const status = await options.qmp.execute<{ status: string; running: boolean }>('query-status');
       if (status.running) await options.qmp.execute('stop');
       let memory: GuestMemory | undefined;
       const sharedNames = new Set(shared === undefined ? [] : [SHARED_MEMORY_BACKEND_ID]);
+      const memoryOptions = guestMemoryOptions(shared, sharedFile);
       const stream = await receiver.receive(options.qmp, {
         xIgnoreShared: shared !== undefined,
         ...(options.migrationTimeoutMs === undefined ? {} : { timeoutMs: options.migrationTimeoutMs }),
         onBlocks: (blocks) => {
-          memory = new GuestMemory(layoutBlocks(blocks, sharedNames));
+          memory = new GuestMemory(layoutBlocks(blocks, sharedNames), memoryOptions);
         },
         onPage: (page) => memory!.receivePage(page),
       });
       if (memory === undefined) throw new KemariError('KEMARI_MIGRATION_FORMAT', 'the probe stream has no RAM blocks');
-      if (shared !== undefined) {
+      if (sharedFile !== undefined) {
         const block = memory.block(SHARED_MEMORY_BACKEND_ID);
         if (block === undefined) {
           throw new KemariError('KEMARI_INVALID_ARGUMENT', `no RAM block ${SHARED_MEMORY_BACKEND_ID}: was QEMU started with the shared memory backend?`, {
             details: { blocks: memory.blocks.map((b) => b.name) },
           });
         }
-        sharedFile = await SharedMemoryFile.open(shared.path, shared.sizeBytes);
         await sharedFile.scanInto(memory, block);
       }
       memory.markAllChanged();
@@ -284,20 +303,24 @@ export class QemuVm implements VmAdapter {
   /**
    * Wraps a QEMU whose whole state is known without a probe stream: a standby that was just restored from a
    * snapshot (see QemuStandby). The shadow starts as `memory` with every page changed, so the first capture (the
-   * new primary's full sync) describes everything.
+   * new primary's full sync) describes everything. With `changeDetection: 'fingerprints'` the shared block of
+   * `memory` must already be in the shared file (QemuStandby writes it there before the restore stream): only its
+   * fingerprints are taken from `memory`, and nothing is written into the file (the guest may be running on).
    */
   static async adopt(options: QemuVmAdoptOptions): Promise<QemuVm> {
     const shared = options.sharedMemory;
     if (shared !== undefined) checkSharedMemory(shared);
-    const memory = new GuestMemory(options.deviceState.blocks);
-    memory.load(options.memory);
     await configureCheckpointMigration(options.qmp, shared !== undefined);
     const receiver = await MigrationReceiver.listen(options.migrationSocketPath);
     let sharedFile: SharedMemoryFile | undefined;
+    let memory: GuestMemory;
     try {
       if (shared !== undefined) sharedFile = await SharedMemoryFile.open(shared.path, shared.sizeBytes);
+      memory = new GuestMemory(options.deviceState.blocks, guestMemoryOptions(shared, sharedFile));
+      memory.load(options.memory);
     } catch (error) {
       receiver.close();
+      await sharedFile?.close();
       throw error;
     }
     return new QemuVm({
@@ -325,9 +348,9 @@ export class QemuVm implements VmAdapter {
     return this.state;
   }
 
-  /** Counters and timings (a copy). */
+  /** Counters and timings (a copy), and the bytes held to find changed pages. */
   stats(): QemuVmStats {
-    return { ...this.counters };
+    return { ...this.counters, shadowBytes: this.memory.shadowBytes, fingerprintBytes: this.memory.fingerprintBytes };
   }
 
   /** QMP `stop`: its reply comes once the vCPUs stopped and block I/O drained. */
@@ -408,8 +431,16 @@ export class QemuVm implements VmAdapter {
   /**
    * The state digest (computeStateDigest) of the last captured state: the same inputs a Replica hashes (page CRCs
    * of the linear memory, the `qemu` device state, the disk's block CRCs), so the secondary's verification matches.
+   * With `changeDetection: 'fingerprints'` the shared block's pages are hashed from its file, which holds the last
+   * captured state only until the guest runs again: so it is KEMARI_INVALID_ARGUMENT unless the VM is paused and
+   * captured since it last ran (as inside {@link capture}), never a digest of some other state.
    */
   async digest(): Promise<Uint8Array> {
+    if (this.memory.changeDetection === 'fingerprints' && !this.streamCurrent) {
+      throw new KemariError('KEMARI_INVALID_ARGUMENT', 'digest: with fingerprints change detection the VM must be paused and captured since it last ran', {
+        details: { field: 'paused', changeDetection: this.memory.changeDetection },
+      });
+    }
     const disks =
       this.disk === undefined ? [] : [{ id: this.disk.id, bytes: this.disk.sizeBytes, blockBytes: DISK_DIGEST_BLOCK_BYTES, blockCrcs: await this.disk.blockCrcs() }];
     return computeStateDigest({
@@ -423,13 +454,12 @@ export class QemuVm implements VmAdapter {
 
   /**
    * A copy of `length` bytes of the linear guest memory at `offset`, as of the last stream (for tests and tools:
-   * the counter of a guest is `read(pc.ram offset + address, 8)`).
+   * the counter of a guest is `read(pc.ram offset + address, 8)`). With `changeDetection: 'fingerprints'` the
+   * shared block is read from its file: as of the last stream while the VM is paused since, the running guest's
+   * bytes otherwise (KEMARI_CLOSED once the VM is closed).
    */
   read(offset: number, length: number): Uint8Array {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.memoryBytes) {
-      throw new KemariError('KEMARI_INVALID_ARGUMENT', 'read range outside the guest memory', { details: { offset, length, memoryBytes: this.memoryBytes } });
-    }
-    return Uint8Array.from(this.memory.image.subarray(offset, offset + length));
+    return this.memory.read(offset, length);
   }
 
   /**
@@ -486,4 +516,10 @@ export class QemuVm implements VmAdapter {
   private checkOpen(): void {
     if (this.closed) throw new KemariError('KEMARI_CLOSED', 'the QemuVm is closed');
   }
+}
+
+/** The GuestMemory options of a VM with `shared` memory whose file is `file`. */
+function guestMemoryOptions(shared: SharedMemoryOptions | undefined, file: SharedMemoryFile | undefined): GuestMemoryOptions {
+  if (shared === undefined || file === undefined) return {};
+  return { changeDetection: shared.changeDetection ?? 'shadow', sharedSources: new Map([[SHARED_MEMORY_BACKEND_ID, file]]) };
 }

@@ -6,19 +6,24 @@
  * scanning the file while the VM is stopped (mapped by the native addon and compared in place; without the addon,
  * read with positioned I/O: a memory copy on tmpfs), and a standby is
  * restored by writing the committed RAM into its own file before the (tiny) stream is loaded.
+ *
+ * In fingerprints mode (see SharedMemoryChangeDetection) kemari keeps no copy of the file: captures, reads and the
+ * state digest take the bytes of the file itself ({@link SharedMemoryFile.readInto}) while the VM is stopped.
  */
+import { readSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { KemariError } from '../errors.js';
 import { mmapFile, mmapImplementation, unmap } from '../pages/mmap.js';
-import type { GuestMemory, GuestRamBlock } from './guest-memory.js';
+import type { GuestMemory, GuestRamBlock, SharedBlockSource } from './guest-memory.js';
 
 /** Bytes read per request while scanning the file (4 MiB). */
 const SCAN_CHUNK_BYTES = 4 << 20;
 
 /** An open shared memory file; see the module comment. */
-export class SharedMemoryFile {
+export class SharedMemoryFile implements SharedBlockSource {
   private readonly scratch = Buffer.allocUnsafeSlow(SCAN_CHUNK_BYTES);
+  private closed = false;
 
   private constructor(
     private readonly handle: FileHandle,
@@ -54,10 +59,11 @@ export class SharedMemoryFile {
         details: { block: block.name, lengthBytes: block.lengthBytes, sizeBytes: this.sizeBytes },
       });
     }
-    if (mmapImplementation() === 'native') {
+    this.checkOpen();
+    const mapping = this.mapped();
+    if (mapping !== undefined) {
       // Compared in place: the file mapped once (MAP_SHARED sees every write QEMU makes), one native scan a capture.
-      this.mapping ??= new Uint8Array(mmapFile(this.path, this.sizeBytes));
-      memory.scanRange(block.offsetBytes, this.mapping);
+      memory.scanRange(block.offsetBytes, mapping);
       return;
     }
     for (let position = 0; position < this.sizeBytes; position += SCAN_CHUNK_BYTES) {
@@ -69,6 +75,51 @@ export class SharedMemoryFile {
 
   /** The file mapped into memory (native addon only), kept across captures. */
   private mapping: Uint8Array | undefined;
+
+  /**
+   * Copies `length` bytes at `positionBytes` of the file into `target` at `targetOffset`: from the mapping with the
+   * native addon, else by positioned reads. Synchronous, like a copy out of a shadow: it runs while the VM is
+   * stopped (a capture), and the file is on tmpfs (a memory copy). KEMARI_INVALID_ARGUMENT for a range outside the
+   * file or the target, KEMARI_CLOSED once closed.
+   */
+  readInto(target: Uint8Array, targetOffset: number, positionBytes: number, length: number): void {
+    this.checkOpen();
+    if (
+      !Number.isSafeInteger(positionBytes) || !Number.isSafeInteger(length) || !Number.isSafeInteger(targetOffset) ||
+      positionBytes < 0 || length < 0 || targetOffset < 0 || positionBytes + length > this.sizeBytes || targetOffset + length > target.byteLength
+    ) {
+      throw new KemariError('KEMARI_INVALID_ARGUMENT', `cannot read ${length} bytes at ${positionBytes} of the shared memory file into ${target.byteLength} at ${targetOffset}`, {
+        details: { path: this.path, positionBytes, length, sizeBytes: this.sizeBytes, targetOffset, targetBytes: target.byteLength },
+      });
+    }
+    const mapping = this.mapped();
+    if (mapping !== undefined) {
+      target.set(mapping.subarray(positionBytes, positionBytes + length), targetOffset);
+      return;
+    }
+    let done = 0;
+    while (done < length) {
+      const bytesRead = readSync(this.handle.fd, target, targetOffset + done, length - done, positionBytes + done);
+      if (bytesRead === 0) {
+        throw new KemariError('KEMARI_INVALID_ARGUMENT', `the shared memory file ${this.path} ended at ${positionBytes + done}`, { details: { path: this.path } });
+      }
+      done += bytesRead;
+    }
+  }
+
+  /**
+   * The live mapping of the file (mapped on first use), or undefined without the native addon. A mapping that
+   * turned out to be a copy (the runtime refused external buffers during the call) is dropped: a copy would not
+   * see QEMU's later writes, so positioned reads are used instead.
+   */
+  private mapped(): Uint8Array | undefined {
+    if (this.mapping === undefined && mmapImplementation() === 'native') {
+      const buffer = mmapFile(this.path, this.sizeBytes);
+      if (mmapImplementation() === 'native') this.mapping = new Uint8Array(buffer);
+      else unmap(buffer);
+    }
+    return this.mapping;
+  }
 
   /** Writes `bytes` (the whole block) into the file: a standby's RAM before its restore stream is loaded. */
   async writeAll(bytes: Uint8Array): Promise<void> {
@@ -86,9 +137,14 @@ export class SharedMemoryFile {
 
   /** Closes the file (QEMU's mapping stays). Idempotent. */
   async close(): Promise<void> {
+    this.closed = true;
     if (this.mapping !== undefined) unmap(this.mapping.buffer as ArrayBuffer);
     this.mapping = undefined;
     await this.handle.close().catch(() => {});
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new KemariError('KEMARI_CLOSED', `the shared memory file ${this.path} is closed`, { details: { path: this.path } });
   }
 
   private async readFully(buffer: Buffer, length: number, position: number): Promise<void> {
