@@ -24,6 +24,7 @@
 import { randomBytes } from 'node:crypto';
 import { KemariError } from '../errors.js';
 import { scanChangedPages } from '../pages/scan.js';
+import type { PagesWorkerPool } from '../pages/worker-pool.js';
 import { copyPages } from '../vm/copy-pages.js';
 import type { SendBufferAllocator } from '../vm/copy-pages.js';
 import { PageKind } from '../wire/bodies/pages.js';
@@ -170,7 +171,9 @@ export class GuestMemory {
           });
         }
         this.knownZero.fill(0, firstPage, endPage);
-        return { block, firstPage, endPage, shadowOffsetBytes: -1, fingerprints: new BigUint64Array(endPage - firstPage), source };
+        // In a SharedArrayBuffer: a PagesWorkerPool's threads update it in place (scanRangeOn).
+        const fingerprints = new BigUint64Array(new SharedArrayBuffer((endPage - firstPage) * 8));
+        return { block, firstPage, endPage, shadowOffsetBytes: -1, fingerprints, source };
       }
       const placement = { block, firstPage, endPage, shadowOffsetBytes: shadowBytes, fingerprints: undefined, source: undefined };
       shadowBytes += block.lengthBytes;
@@ -278,29 +281,79 @@ export class GuestMemory {
   scanRange(offsetBytes: number, region: Uint8Array): void {
     this.checkRange(offsetBytes, region.byteLength);
     if (region.byteLength === 0) return;
-    const pageCount = region.byteLength / PAGE_BYTES;
     const first = offsetBytes / PAGE_BYTES;
     const placement = this.placementOfPage(first);
-    let count: number;
-    const out = this.scanOutput(pageCount);
     if (placement.fingerprints !== undefined) {
-      if (first + pageCount > placement.endPage) {
-        throw new KemariError('KEMARI_INVALID_ARGUMENT', `a scanned range must lie within the shared RAM block ${JSON.stringify(placement.block.name)}`, {
-          details: { offsetBytes, bytes: region.byteLength, block: placement.block.name },
-        });
-      }
-      const from = first - placement.firstPage;
-      count = scanChangedPages(region, PAGE_BYTES, placement.fingerprints.subarray(from, from + pageCount), out, { update: true, seed: this.seed });
-    } else {
-      const start = this.shadowOffsetOf(offsetBytes, region.byteLength);
-      count = scanChangedPages(region, PAGE_BYTES, this.shadow.subarray(start, start + region.byteLength), out, { update: true });
+      const fingerprints = this.fingerprintsOf(placement, offsetBytes, region.byteLength);
+      const out = this.scanOutput(region.byteLength / PAGE_BYTES);
+      this.markScanned(first, out, scanChangedPages(region, PAGE_BYTES, fingerprints, out, { update: true, seed: this.seed }));
+      return;
     }
-    // Marked at once, before anything else can fail: the reference of these pages already moved on.
+    this.scanRangeShadow(offsetBytes, region);
+  }
+
+  /**
+   * {@link scanRange} of a range of a block kept outside the shadow (fingerprints mode) on `pool`'s threads: the
+   * fingerprinting of a large guest (XXH64 of every page, compute-bound) is split over the cores, shortening the
+   * pause it is part of. `region` must be readable by the threads (a mapping shared with pool.shareFile). Should the
+   * pool fail an operation after its threads began (a thread crashed), some fingerprints may have moved on without
+   * their pages being marked: every page of the range is then marked changed (the next capture sends them all) and
+   * the range is scanned again here. Other ranges take {@link scanRange}.
+   */
+  async scanRangeOn(pool: PagesWorkerPool, offsetBytes: number, region: Uint8Array): Promise<void> {
+    this.checkRange(offsetBytes, region.byteLength);
+    if (region.byteLength === 0) return;
+    const first = offsetBytes / PAGE_BYTES;
+    const placement = this.placementOfPage(first);
+    if (placement.fingerprints === undefined) {
+      this.scanRange(offsetBytes, region);
+      return;
+    }
+    const fingerprints = this.fingerprintsOf(placement, offsetBytes, region.byteLength);
+    const pageCount = region.byteLength / PAGE_BYTES;
+    const out = this.scanOutput(pageCount);
+    let count: number;
+    try {
+      count = await pool.scanChangedPages(region, PAGE_BYTES, fingerprints, out, { update: true, seed: this.seed });
+    } catch (error) {
+      if (pool.stats().failure === undefined && !(error instanceof KemariError && error.code === 'KEMARI_WORKER_FAILED')) throw error;
+      for (let page = first; page < first + pageCount; page++) {
+        this.knownZero[page] = 0;
+        this.mark(page);
+      }
+      this.scanRange(offsetBytes, region);
+      return;
+    }
+    this.markScanned(first, out, count);
+  }
+
+  /** The fingerprints of the pages of a range inside a block kept outside the shadow. */
+  private fingerprintsOf(placement: Placement, offsetBytes: number, bytes: number): BigUint64Array {
+    const first = offsetBytes / PAGE_BYTES;
+    const pageCount = bytes / PAGE_BYTES;
+    if (first + pageCount > placement.endPage) {
+      throw new KemariError('KEMARI_INVALID_ARGUMENT', `a scanned range must lie within the shared RAM block ${JSON.stringify(placement.block.name)}`, {
+        details: { offsetBytes, bytes, block: placement.block.name },
+      });
+    }
+    const from = first - placement.firstPage;
+    return placement.fingerprints!.subarray(from, from + pageCount);
+  }
+
+  /** Marks the pages a scan found changed, at once: their reference already moved on. */
+  private markScanned(first: number, out: { changedPages: Uint32Array; zeroFlags: Uint8Array }, count: number): void {
     for (let k = 0; k < count; k++) {
       const page = first + out.changedPages[k]!;
       this.knownZero[page] = out.zeroFlags[k]!;
       this.mark(page);
     }
+  }
+
+  /** {@link scanRange} of a range the shadow holds. */
+  private scanRangeShadow(offsetBytes: number, region: Uint8Array): void {
+    const out = this.scanOutput(region.byteLength / PAGE_BYTES);
+    const start = this.shadowOffsetOf(offsetBytes, region.byteLength);
+    this.markScanned(offsetBytes / PAGE_BYTES, out, scanChangedPages(region, PAGE_BYTES, this.shadow.subarray(start, start + region.byteLength), out, { update: true }));
   }
 
   /**

@@ -44,6 +44,7 @@ import { startQemu } from './qemu-process.js';
 import type { QemuProcess } from './qemu-process.js';
 import type { QmpClient } from './qmp-client.js';
 import { SharedMemoryFile } from './shared-memory-file.js';
+import type { PagesWorkerPool } from '../pages/worker-pool.js';
 
 /** Options of {@link QemuVm.attach}: a QEMU that already runs (or waits with `-S`). */
 export interface QemuVmAttachOptions {
@@ -61,6 +62,12 @@ export interface QemuVmAttachOptions {
   process?: QemuProcess;
   /** Close `disk` with the VM. Default false. */
   ownsDisk?: boolean;
+  /**
+   * Worker threads for the fingerprint scan of the shared RAM file (`changeDetection: 'fingerprints'`): XXH64 of
+   * every page is compute-bound, so the threads shorten the pause of each capture. The pool is the caller's
+   * (started and closed by it). Unused in shadow mode and without the native addon.
+   */
+  pagesPool?: PagesWorkerPool;
 }
 
 /** Options of {@link QemuVm.launch}: start QEMU with the disk served by kemari. */
@@ -77,6 +84,12 @@ export interface QemuVmLaunchOptions extends QemuMachineOptions {
   migrationTimeoutMs?: number;
   /** Start the guest stopped (`-S`); {@link QemuVm.resume} starts it. Default false. */
   startPaused?: boolean;
+  /**
+   * Worker threads for the fingerprint scan of the shared RAM file (`changeDetection: 'fingerprints'`): XXH64 of
+   * every page is compute-bound, so the threads shorten the pause of each capture. The pool is the caller's
+   * (started and closed by it). Unused in shadow mode and without the native addon.
+   */
+  pagesPool?: PagesWorkerPool;
 }
 
 /** What {@link QemuVm.adopt} needs: a QEMU whose state is already known (a standby just restored). */
@@ -94,6 +107,12 @@ export interface QemuVmAdoptOptions {
   memory: Uint8Array;
   /** True while the VM is stopped. */
   paused: boolean;
+  /**
+   * Worker threads for the fingerprint scan of the shared RAM file (`changeDetection: 'fingerprints'`): XXH64 of
+   * every page is compute-bound, so the threads shorten the pause of each capture. The pool is the caller's
+   * (started and closed by it). Unused in shadow mode and without the native addon.
+   */
+  pagesPool?: PagesWorkerPool;
 }
 
 /** Counters and the timings of the last capture. */
@@ -206,6 +225,7 @@ export class QemuVm implements VmAdapter {
     let sharedFile: SharedMemoryFile | undefined;
     try {
       if (shared !== undefined) sharedFile = await SharedMemoryFile.open(shared.path, shared.sizeBytes);
+      if (options.pagesPool !== undefined) sharedFile?.usePool(options.pagesPool);
       const status = await options.qmp.execute<{ status: string; running: boolean }>('query-status');
       if (status.running) await options.qmp.execute('stop');
       let memory: GuestMemory | undefined;
@@ -292,6 +312,7 @@ export class QemuVm implements VmAdapter {
         ...(options.migrationTimeoutMs === undefined ? {} : { migrationTimeoutMs: options.migrationTimeoutMs }),
         process: qemu,
         ownsDisk: true,
+        ...(options.pagesPool === undefined ? {} : { pagesPool: options.pagesPool }),
       });
     } catch (error) {
       await qemu?.kill();
@@ -316,6 +337,7 @@ export class QemuVm implements VmAdapter {
     let memory: GuestMemory;
     try {
       if (shared !== undefined) sharedFile = await SharedMemoryFile.open(shared.path, shared.sizeBytes);
+      if (options.pagesPool !== undefined) sharedFile?.usePool(options.pagesPool);
       memory = new GuestMemory(options.deviceState.blocks, guestMemoryOptions(shared, sharedFile));
       memory.load(options.memory);
     } catch (error) {

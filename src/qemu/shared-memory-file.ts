@@ -15,6 +15,7 @@ import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { KemariError } from '../errors.js';
 import { mmapFile, mmapImplementation, unmap } from '../pages/mmap.js';
+import type { PagesWorkerPool } from '../pages/worker-pool.js';
 import type { GuestMemory, GuestRamBlock, SharedBlockSource } from './guest-memory.js';
 
 /** Bytes read per request while scanning the file (4 MiB). */
@@ -62,8 +63,11 @@ export class SharedMemoryFile implements SharedBlockSource {
     this.checkOpen();
     const mapping = this.mapped();
     if (mapping !== undefined) {
-      // Compared in place: the file mapped once (MAP_SHARED sees every write QEMU makes), one native scan a capture.
-      memory.scanRange(block.offsetBytes, mapping);
+      // Compared in place: the file mapped once (MAP_SHARED sees every write QEMU makes), one native scan a capture,
+      // split over a worker pool's threads when one is given (each maps the file itself).
+      const pool = this.sharedWithPool(mapping);
+      if (pool !== undefined) await memory.scanRangeOn(pool, block.offsetBytes, mapping);
+      else memory.scanRange(block.offsetBytes, mapping);
       return;
     }
     for (let position = 0; position < this.sizeBytes; position += SCAN_CHUNK_BYTES) {
@@ -75,6 +79,29 @@ export class SharedMemoryFile implements SharedBlockSource {
 
   /** The file mapped into memory (native addon only), kept across captures. */
   private mapping: Uint8Array | undefined;
+  private pool: PagesWorkerPool | undefined;
+  private poolShared = false;
+
+  /**
+   * Scans of the mapping go to `pool`'s threads from now on (used by fingerprints mode: XXH64 of every page is
+   * compute-bound, so threads shorten the pause; a shadow compare runs at memory speed and gains nothing, and the
+   * pool keeps it on the calling thread by its measured thresholds). Only with the addon on both sides (the threads
+   * map the file themselves); otherwise ignored.
+   */
+  usePool(pool: PagesWorkerPool): void {
+    this.pool = pool;
+  }
+
+  /** The pool the mapping is shared with, sharing it on first use; undefined when scans stay on this thread. */
+  private sharedWithPool(mapping: Uint8Array): PagesWorkerPool | undefined {
+    const pool = this.pool;
+    if (pool === undefined || pool.implementation !== 'native') return undefined;
+    if (!this.poolShared) {
+      pool.shareFile(mapping, this.path);
+      this.poolShared = true;
+    }
+    return pool;
+  }
 
   /**
    * Copies `length` bytes at `positionBytes` of the file into `target` at `targetOffset`: from the mapping with the
@@ -138,6 +165,8 @@ export class SharedMemoryFile implements SharedBlockSource {
   /** Closes the file (QEMU's mapping stays). Idempotent. */
   async close(): Promise<void> {
     this.closed = true;
+    if (this.mapping !== undefined && this.poolShared) this.pool?.unshareFile(this.mapping);
+    this.poolShared = false;
     if (this.mapping !== undefined) unmap(this.mapping.buffer as ArrayBuffer);
     this.mapping = undefined;
     await this.handle.close().catch(() => {});

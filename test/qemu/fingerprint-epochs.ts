@@ -18,6 +18,7 @@ import { pathToFileURL } from 'node:url';
 import { COUNTER_ADDRESS, RUN_MAGIC, RUN_MAGIC_ADDRESS, buildGuest } from '../../examples/guest/build-guest.js';
 import type { GuestParams } from '../../examples/guest/build-guest.js';
 import { mmapImplementation } from '../../src/pages/mmap.js';
+import type { PagesWorkerPool } from '../../src/pages/worker-pool.js';
 import { MemoryNbdBackend } from '../../src/qemu/nbd/memory-nbd-backend.js';
 import type { SharedMemoryChangeDetection } from '../../src/qemu/qemu-machine.js';
 import { QemuVm } from '../../src/qemu/qemu-vm.js';
@@ -56,7 +57,13 @@ export interface FingerprintEpochsSummary {
  * Launches the test guest with its RAM in `shmPath` under `changeDetection`, runs `epochs` epochs (the first a full
  * capture) and checks every capture (see the module comment). The VM and its QEMU are closed on the way out.
  */
-export async function runFingerprintEpochs(options: { dir: string; shmPath: string; changeDetection: SharedMemoryChangeDetection; epochs: number }): Promise<FingerprintEpochsSummary> {
+export async function runFingerprintEpochs(options: {
+  dir: string;
+  shmPath: string;
+  changeDetection: SharedMemoryChangeDetection;
+  epochs: number;
+  pagesPool?: PagesWorkerPool;
+}): Promise<FingerprintEpochsSummary> {
   const { dir, shmPath, changeDetection, epochs } = options;
   const { imagePath } = await buildGuest(GUEST, dir);
   const vm = await QemuVm.launch({
@@ -64,6 +71,7 @@ export async function runFingerprintEpochs(options: { dir: string; shmPath: stri
     sharedMemory: { path: shmPath, sizeBytes: SHARED_BYTES, changeDetection },
     dir,
     disk: new MemoryNbdBackend(new Uint8Array(readFileSync(imagePath))),
+    ...(options.pagesPool === undefined ? {} : { pagesPool: options.pagesPool }),
   });
   const onSignal = () => void vm.process!.kill('SIGKILL').finally(() => process.exit(1));
   process.once('SIGTERM', onSignal);

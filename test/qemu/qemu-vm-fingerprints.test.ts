@@ -14,6 +14,7 @@ import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { COUNTER_ADDRESS, RUN_MAGIC, RUN_MAGIC_ADDRESS, buildGuest } from '../../examples/guest/build-guest.js';
 import { mmapImplementation } from '../../src/pages/mmap.js';
+import { PagesWorkerPool } from '../../src/pages/worker-pool.js';
 import { Primary } from '../../src/primary/primary.js';
 import { GuestMemory } from '../../src/qemu/guest-memory.js';
 import { MemoryNbdBackend } from '../../src/qemu/nbd/memory-nbd-backend.js';
@@ -144,6 +145,20 @@ describe.skipIf(SKIP)('QemuVm shared memory with fingerprints change detection (
       }
     },
   );
+
+  it('fingerprints on a worker pool: the threads map the file and fingerprint it, with the same exact captures', async () => {
+    const sub = join(dir.path, 'pool');
+    mkdirSync(sub);
+    // Threshold 0: the 32 MiB test guest counts as large, so every scan runs on the threads.
+    const pool = await PagesWorkerPool.start({ workers: 2, parallelBytesMin: 0 });
+    cleanups.push(() => pool.close());
+    const summary = await runFingerprintEpochs({ dir: sub, shmPath: shmPath(), changeDetection: 'fingerprints', epochs: EPOCHS, pagesPool: pool });
+    expect(summary.pagesPerEpoch).toHaveLength(EPOCHS);
+    expect(summary.shadowBytes).toBe(summary.memoryBytes - summary.sharedBytes);
+    // Every capture after the first scanned the file on the threads (the attach probe and the full capture too).
+    expect(pool.stats().parallelOperations).toBeGreaterThanOrEqual(EPOCHS);
+    expect(pool.stats().workerCrashes).toBe(0);
+  });
 
   it('fingerprints without the page addon: the file read in chunks and copied with positioned reads (child process)', async () => {
     const sub = join(dir.path, 'js');
