@@ -36,6 +36,7 @@ import { QemuFaultGuard } from '../src/cli/qemu-fault-guard.js';
 import { Primary } from '../src/primary/primary.js';
 import type { PrimaryCommit } from '../src/primary/primary.js';
 import { mmapImplementation } from '../src/pages/mmap.js';
+import { PagesWorkerPool } from '../src/pages/worker-pool.js';
 import { MemoryNbdBackend } from '../src/qemu/nbd/memory-nbd-backend.js';
 import type { SharedMemoryChangeDetection } from '../src/qemu/qemu-machine.js';
 import type { QemuProcess } from '../src/qemu/qemu-process.js';
@@ -88,7 +89,7 @@ interface Result {
 }
 
 if (process.argv[2] === SCAN_CHILD) {
-  await scanChild(process.argv[3] as SharedMemoryChangeDetection);
+  await scanChild(process.argv[3] as SharedMemoryChangeDetection, process.argv.includes('--pool'));
   process.exit(0);
 }
 
@@ -263,6 +264,8 @@ interface ScanResult {
   /** How the file was read: 'native' (mapped by the addon) or 'js' (positioned reads). */
   mmap: string;
   changeDetection: SharedMemoryChangeDetection;
+  /** Threads of the PagesWorkerPool that scanned (0: the calling thread alone). */
+  threads: number;
   memoryBytes: number;
   sharedBytes: number;
   /** The first capture, a full one (stop → capture of every page → cont): copies from the shadow or the file. */
@@ -281,13 +284,16 @@ async function measureScans(): Promise<ScanResult[]> {
   const jsEnv = { ...process.env, KEMARI_PAGES_IMPLEMENTATION: 'js' };
   const results: ScanResult[] = [];
   for (const env of [nativeEnv, jsEnv]) {
-    for (const changeDetection of ['shadow', 'fingerprints'] as const) results.push(await runScanChild(changeDetection, env));
+    for (const changeDetection of ['shadow', 'fingerprints'] as const) results.push(await runScanChild(changeDetection, env, false));
   }
+  // Fingerprints on a worker pool (default threads and measured thresholds), with the addon: each thread maps the file.
+  results.push(await runScanChild('fingerprints', nativeEnv, true));
   return results;
 }
 
-async function runScanChild(changeDetection: SharedMemoryChangeDetection, env: NodeJS.ProcessEnv): Promise<ScanResult> {
-  const child: ChildProcess = fork(new URL(import.meta.url), [SCAN_CHILD, changeDetection, ...(quick ? ['--quick'] : [])], { execArgv: process.execArgv, env });
+async function runScanChild(changeDetection: SharedMemoryChangeDetection, env: NodeJS.ProcessEnv, pool: boolean): Promise<ScanResult> {
+  const args = [SCAN_CHILD, changeDetection, ...(quick ? ['--quick'] : []), ...(pool ? ['--pool'] : [])];
+  const child: ChildProcess = fork(new URL(import.meta.url), args, { execArgv: process.execArgv, env });
   try {
     return await new Promise<ScanResult>((resolve, reject) => {
       child.on('message', (message: { qemuPid?: number; result?: ScanResult; error?: string }) => {
@@ -306,11 +312,13 @@ async function runScanChild(changeDetection: SharedMemoryChangeDetection, env: N
  * One configuration of section 4, in this (child) process: the guest with its RAM in a shared file under
  * `changeDetection`, protected alone (captures released as a primary would), SCAN_EPOCHS epochs after the full one.
  */
-async function scanChild(changeDetection: SharedMemoryChangeDetection): Promise<void> {
+async function scanChild(changeDetection: SharedMemoryChangeDetection, withPool: boolean): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'kbs-'));
   const shm = `/dev/shm/kemari-bench-scan-${process.pid}`;
   let vm: QemuVm | undefined;
+  let pool: PagesWorkerPool | undefined;
   try {
+    if (withPool) pool = await PagesWorkerPool.start();
     const { imagePath } = await buildGuest({ tickHz: 100, dirtyPagesPerTick: 16, ringPages: 1024, serialEveryTicks: 0, diskEveryTicks: 10 }, dir);
     const machineArgs = ['-machine', 'pc,accel=tcg', '-m', String(SCAN_MIB), '-nodefaults', '-display', 'none', '-no-reboot'];
     vm = await QemuVm.launch({
@@ -318,6 +326,7 @@ async function scanChild(changeDetection: SharedMemoryChangeDetection): Promise<
       sharedMemory: { path: shm, sizeBytes: SCAN_MIB << 20, changeDetection },
       dir,
       disk: new MemoryNbdBackend(new Uint8Array(readFileSync(imagePath))),
+      ...(pool === undefined ? {} : { pagesPool: pool }),
     });
     process.send!({ qemuPid: vm.process!.pid });
     await waitRunning(vm.qmp);
@@ -346,6 +355,7 @@ async function scanChild(changeDetection: SharedMemoryChangeDetection): Promise<
     const result: ScanResult = {
       mmap: mmapImplementation(),
       changeDetection,
+      threads: pool?.stats().parallelOperations === 0 ? 0 : (pool?.workerCount ?? 0),
       memoryBytes: vm.memoryBytes,
       sharedBytes: SCAN_MIB << 20,
       fullCaptureMs,
@@ -360,6 +370,7 @@ async function scanChild(changeDetection: SharedMemoryChangeDetection): Promise<
     process.send!({ error: error instanceof Error ? (error.stack ?? error.message) : String(error) });
   } finally {
     await vm?.close();
+    await pool?.close();
     rmSync(shm, { force: true });
     rmSync(dir, { recursive: true, force: true });
   }
@@ -371,10 +382,11 @@ function reportScans(all: ScanResult[]): void {
   console.log(`  4. shared-memory mode, ${SCAN_MIB} MiB guest (RAM in /dev/shm, x-ignore-shared): the per-epoch scan of the file, by change detection`);
   console.log('     and by how the file is read, and what the primary holds to find changed pages (beside the guest it protects):');
   table([
-    ['file read by', 'change detection', 'scan p50 / p99', 'checkpoint p50 / p99', 'pages/epoch p50', 'full capture', 'shadow held', 'fingerprints held', 'held / guest'],
+    ['file read by', 'change detection', 'threads', 'scan p50 / p99', 'checkpoint p50 / p99', 'pages/epoch p50', 'full capture', 'shadow held', 'fingerprints held', 'held / guest'],
     ...all.map((r) => [
       r.mmap === 'native' ? 'mmap (addon)' : 'positioned reads',
       r.changeDetection,
+      r.threads === 0 ? '-' : String(r.threads),
       pair(r.scanMs),
       pair(r.pauseMs),
       String(Math.round(quantile(r.pages, 0.5))),
@@ -386,12 +398,20 @@ function reportScans(all: ScanResult[]): void {
   ]);
   for (const mmap of ['native', 'js']) {
     const shadow = all.find((r) => r.mmap === mmap && r.changeDetection === 'shadow');
-    const fingerprints = all.find((r) => r.mmap === mmap && r.changeDetection === 'fingerprints');
+    const fingerprints = all.find((r) => r.mmap === mmap && r.changeDetection === 'fingerprints' && r.threads === 0);
     if (shadow === undefined || fingerprints === undefined) continue;
     const ratio = quantile(fingerprints.scanMs, 0.5) / quantile(shadow.scanMs, 0.5);
     console.log(
       `     ${mmap === 'native' ? 'mmap (addon)' : 'positioned reads'}: fingerprints scan ${ratio.toFixed(2)}x the shadow's time per epoch, ` +
         `holding ${mib(fingerprints.shadowBytes + fingerprints.fingerprintBytes)} instead of ${mib(shadow.shadowBytes + shadow.fingerprintBytes)}`,
+    );
+  }
+  const alone = all.find((r) => r.mmap === 'native' && r.changeDetection === 'fingerprints' && r.threads === 0);
+  const threaded = all.find((r) => r.threads > 0);
+  if (alone !== undefined && threaded !== undefined) {
+    console.log(
+      `     fingerprints on ${threaded.threads} pool threads: scan p50 ${ms(quantile(threaded.scanMs, 0.5))} against ${ms(quantile(alone.scanMs, 0.5))} on one ` +
+        `(${(quantile(alone.scanMs, 0.5) / quantile(threaded.scanMs, 0.5)).toFixed(2)}x)`,
     );
   }
   console.log('');
