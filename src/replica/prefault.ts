@@ -29,25 +29,26 @@ export function touchPages(buffer: Uint8Array, fromBytes = 0, toBytes = buffer.b
 export class BackgroundPrefault {
   private index = 0;
   private offsetBytes = 0;
+  private doneBytesNow = 0;
   private timer: TimerHandle | undefined;
   private stopped = false;
+  /** Bytes of every buffer together. */
+  readonly totalBytes: number;
+  /** The buffers still to touch; dropped once finished or stopped, so the pass never keeps memory alive. */
+  private buffers: readonly Uint8Array[];
 
   constructor(
-    private readonly buffers: readonly Uint8Array[],
+    buffers: readonly Uint8Array[],
     private readonly timers: Timers,
     private readonly sliceBytes = PREFAULT_SLICE_BYTES,
-  ) {}
-
-  /** Bytes of every buffer together. */
-  get totalBytes(): number {
-    return this.buffers.reduce((n, b) => n + b.byteLength, 0);
+  ) {
+    this.buffers = buffers;
+    this.totalBytes = buffers.reduce((n, b) => n + b.byteLength, 0);
   }
 
   /** Bytes faulted in so far. */
   get doneBytes(): number {
-    let n = this.offsetBytes;
-    for (let i = 0; i < this.index && i < this.buffers.length; i++) n += this.buffers[i]!.byteLength;
-    return Math.min(n, this.totalBytes);
+    return this.doneBytesNow;
   }
 
   /** True once every buffer was touched (or it was stopped). */
@@ -64,12 +65,16 @@ export class BackgroundPrefault {
   /** Stops (the memory then faults in on first use, as any memory does). Idempotent. */
   stop(): void {
     this.stopped = true;
+    this.buffers = [];
     this.timers.clear(this.timer);
     this.timer = undefined;
   }
 
   private schedule(): void {
-    if (this.finished) return;
+    if (this.finished) {
+      this.buffers = [];
+      return;
+    }
     this.timer = this.timers.setTimeout(() => this.slice(), 0);
   }
 
@@ -81,6 +86,7 @@ export class BackgroundPrefault {
       const end = Math.min(buffer.byteLength, this.offsetBytes + budget);
       touchPages(buffer, this.offsetBytes, end);
       budget -= end - this.offsetBytes;
+      this.doneBytesNow += end - this.offsetBytes;
       this.offsetBytes = end;
       if (end >= buffer.byteLength) {
         this.index += 1;

@@ -772,8 +772,14 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
           throw new KemariError('KEMARI_JOURNAL_CORRUPT', 'the journal directory holds another history than the replica');
         }
         this.journal = opened.journal;
-        // The journal's replica is the one it snapshots: serve from it from now on (both hold no epoch yet).
+        // The journal's replica is the one it snapshots: serve from it from now on (both hold no epoch yet). It was
+        // faulted in as the journal made it: the background pass over the discarded one stops (and lets it go),
+        // and goes on over the staging arena only.
         this.replicaNow = opened.replica;
+        if (this.prefault !== undefined && !this.prefault.finished) {
+          this.prefault.stop();
+          this.prefault = this.arena === undefined ? undefined : new BackgroundPrefault([this.arena.memory], this.timers).start();
+        }
       }
       await this.journal.append(staged);
     } catch (error) {

@@ -1,6 +1,11 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Primary } from '../../src/primary/primary.js';
 import { Secondary } from '../../src/secondary/secondary.js';
+import { realTimers } from '../../src/time/timers.js';
+import type { Timers } from '../../src/time/timers.js';
 import { SimulatedVm } from '../../src/vm/simulated-vm.js';
 import { Workload } from '../../src/vm/workload.js';
 
@@ -37,5 +42,42 @@ describe('a guest larger than one prefault slice', () => {
     workload.run(2);
     await primary.tap.output('check', Uint8Array.of(1));
     expect(secondary.committedTxn).toBeGreaterThan(1);
+  }, 60_000);
+
+  it('with a journal, the replica the journal makes replaces the HELLO one, and the background pass lets the discarded one go', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kemari-large-journal-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    // Timers whose zero-delay callbacks (the background pass's slices) wait until released: the pass is surely
+    // unfinished when the journal's replica takes over.
+    const held: Array<() => void> = [];
+    const timers: Timers = { ...realTimers, setTimeout: (callback, delayMs) => (delayMs === 0 ? (held.push(callback), {}) : realTimers.setTimeout(callback, delayMs)) };
+    const secondary = await Secondary.listen({ port: 0, verify: true, journalDir: dir, journalFsync: false, timers });
+    cleanups.push(() => secondary.close());
+    const vm = new SimulatedVm({ memoryBytes: 96 << 20, seed: 4 });
+    type Inside = { replicaNow?: { memory: Uint8Array }; prefault?: { totalBytes: number; buffers: readonly Uint8Array[] } };
+    const inside = secondary as unknown as Inside;
+    let helloMemory: Uint8Array | undefined;
+    let helloPassBytes = 0;
+    const primary = await Primary.start({
+      vm,
+      verify: true,
+      secondary: { host: '127.0.0.1', port: secondary.port },
+      onProgress: () => {
+        helloMemory ??= inside.replicaNow?.memory;
+        helloPassBytes ||= inside.prefault?.totalBytes ?? 0;
+      },
+    });
+    cleanups.push(() => primary.close());
+    expect(primary.state).toBe('protected');
+    expect(helloPassBytes).toBeGreaterThan(2 * (96 << 20)); // at HELLO: replica and staging
+    // The journal's replica serves now; no background pass holds the discarded HELLO replica's memory.
+    // (Identity compared as booleans: a failing match of two 96 MiB arrays would take vitest minutes to print.)
+    expect(helloMemory !== undefined).toBe(true);
+    expect(inside.replicaNow!.memory === helloMemory).toBe(false);
+    expect((inside.prefault?.buffers ?? []).includes(helloMemory!)).toBe(false);
+    expect(secondary.committedTxn).toBe(1);
+    // The new pass covers the staging arena only: no more the replica's guest-sized memory.
+    expect(inside.prefault!.totalBytes).toBeLessThanOrEqual(helloPassBytes - (96 << 20));
+    for (const slice of held.splice(0)) slice();
   }, 60_000);
 });
