@@ -781,6 +781,10 @@ export class PagesWorkerPool {
   private bufferId(buffer: SharedArrayBuffer): number {
     let id = this.bufferIds.get(buffer);
     if (id !== undefined) return id;
+    if (!(buffer instanceof SharedArrayBuffer)) {
+      // Validated when the operation was queued: a file mapping unshared (or unmapped) since. Never registered.
+      throw new KemariError('KEMARI_CLOSED', 'the memory of this operation is no longer shared with the threads (a file mapping was unshared)');
+    }
     id = this.nextBufferId++;
     this.bufferIds.set(buffer, id);
     this.liveBuffers.set(id, new WeakRef(buffer));

@@ -296,9 +296,10 @@ export class GuestMemory {
    * {@link scanRange} of a range of a block kept outside the shadow (fingerprints mode) on `pool`'s threads: the
    * fingerprinting of a large guest (XXH64 of every page, compute-bound) is split over the cores, shortening the
    * pause it is part of. `region` must be readable by the threads (a mapping shared with pool.shareFile). Should the
-   * pool fail an operation after its threads began (a thread crashed), some fingerprints may have moved on without
-   * their pages being marked: every page of the range is then marked changed (the next capture sends them all) and
-   * the range is scanned again here. Other ranges take {@link scanRange}.
+   * pool fail an operation after its threads began (a thread crashed, a part failed), some fingerprints may have
+   * moved on without their pages being marked: every page of the range is then marked changed (the next capture
+   * sends them all) and the range is scanned again here. A pool that refuses before starting (closed, busy, every
+   * thread lost) costs nothing: the range is scanned here. Other ranges take {@link scanRange}.
    */
   async scanRangeOn(pool: PagesWorkerPool, offsetBytes: number, region: Uint8Array): Promise<void> {
     this.checkRange(offsetBytes, region.byteLength);
@@ -312,14 +313,24 @@ export class GuestMemory {
     const fingerprints = this.fingerprintsOf(placement, offsetBytes, region.byteLength);
     const pageCount = region.byteLength / PAGE_BYTES;
     const out = this.scanOutput(pageCount);
+    if (pool.stats().failure !== undefined) {
+      // A pool that lost every thread refuses before touching anything: scan here, as without a pool.
+      this.scanRange(offsetBytes, region);
+      return;
+    }
     let count: number;
     try {
       count = await pool.scanChangedPages(region, PAGE_BYTES, fingerprints, out, { update: true, seed: this.seed });
     } catch (error) {
-      if (pool.stats().failure === undefined && !(error instanceof KemariError && error.code === 'KEMARI_WORKER_FAILED')) throw error;
-      for (let page = first; page < first + pageCount; page++) {
-        this.knownZero[page] = 0;
-        this.mark(page);
+      // Refused before any thread began (closed, queue full, already failed): nothing moved on; scan here.
+      const untouched = error instanceof KemariError && (error.code === 'KEMARI_CLOSED' || error.code === 'KEMARI_BUSY' || error === pool.stats().failure);
+      if (!untouched) {
+        // A thread crashed or a part failed after others had updated their fingerprints: those pages are no longer
+        // known to have changed, so every page of the range is sent with the next capture.
+        for (let page = first; page < first + pageCount; page++) {
+          this.knownZero[page] = 0;
+          this.mark(page);
+        }
       }
       this.scanRange(offsetBytes, region);
       return;

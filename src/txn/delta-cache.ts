@@ -15,7 +15,8 @@
  *
  * Large epochs: {@link DeltaCache.encodeAsync} hands a batch of at least the pool's `encodeDeltas` threshold to a
  * {@link PagesWorkerPool}, whose threads read the pages and the slab in place (both SharedArrayBuffers: the cache
- * is created `shared`, the VM's capture buffers must be too, else the batch stays on the calling thread).
+ * is created `shared`, the VM's capture buffers must be too, else the batch stays on the calling thread); should the
+ * pool fail the batch (a crashed thread, a closed pool), the calling thread encodes it.
  *
  * Bounded: at most `cacheBytesMax` of page copies, plus the scratch of the largest epoch's deltas (half a page a
  * page), reused from epoch to epoch.
@@ -136,7 +137,14 @@ export class DeltaCache {
     const bases = plan.slots.map((slot) => slab.subarray(slot * this.pageBytes, (slot + 1) * this.pageBytes));
     const out = this.scratch.subarray(0, n * budget);
     const lengths = this.lengths.subarray(0, n);
-    await pool.encodeDeltas(plan.views, bases, { out, lengths }, budget);
+    try {
+      await pool.encodeDeltas(plan.views, bases, { out, lengths }, budget);
+    } catch {
+      // A crashed thread, a full queue, a closed or failed pool: the pool rejects only once no thread touches the
+      // scratch any more, and the threads never write the copies, so this thread encodes the batch instead.
+      const here = this.encodeBatch(plan);
+      return this.finish(pages, plan, here.lengths, here.total, false);
+    }
     // The threads wrote delta k at k * budget: pack them (in place, moving left), and update the copies.
     let total = 0;
     for (let k = 0; k < n; k++) {

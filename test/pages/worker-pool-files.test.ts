@@ -70,6 +70,24 @@ describe('PagesWorkerPool over a shared file mapping', () => {
     await expect(pool.scanChangedPages(mapping, PAGE, threaded, out(), { seed })).rejects.toMatchObject({ code: 'KEMARI_INVALID_ARGUMENT' });
   });
 
+  it('a file unshared while a scan of it waits in the queue fails that scan (KEMARI_CLOSED), and the pool goes on', async () => {
+    const pool = await PagesWorkerPool.start({ workers: 2, parallelBytesMin: 0 });
+    cleanups.push(() => pool.close());
+    const { path, mapping } = mappedFile();
+    pool.shareFile(mapping, path);
+    const table = new BigUint64Array(new SharedArrayBuffer(PAGES * FINGERPRINT_BYTES));
+    const out = (): { changedPages: Uint32Array; zeroFlags: Uint8Array } => ({ changedPages: new Uint32Array(PAGES), zeroFlags: new Uint8Array(PAGES) });
+    const big = sharedBytes(64 << 20);
+    const first = pool.scanChangedPages(big, PAGE, new BigUint64Array(new SharedArrayBuffer(((64 << 20) / PAGE) * 8)), { changedPages: new Uint32Array((64 << 20) / PAGE), zeroFlags: new Uint8Array((64 << 20) / PAGE) });
+    const queued = pool.scanChangedPages(mapping, PAGE, table, out(), { update: true });
+    pool.unshareFile(mapping);
+    await first;
+    await expect(queued).rejects.toMatchObject({ code: 'KEMARI_CLOSED' });
+    pool.shareFile(mapping, path);
+    expect(await pool.scanChangedPages(mapping, PAGE, table, out(), { update: true })).toBe(PAGES);
+    expect(pool.stats().workerCrashes).toBe(0);
+  });
+
   it('a mapping that is not shared, or a pool on the fallback, is refused', async () => {
     const pool = await PagesWorkerPool.start({ workers: 1, parallelBytesMin: 0 });
     cleanups.push(() => pool.close());

@@ -87,4 +87,17 @@ describe('GuestMemory.scanRangeOn', () => {
     await memory.scanRangeOn(pool, 4 * PAGE, mapping);
     expect(changedIndices(memory)).toEqual([24]);
   });
+
+  it('a pool that refuses before starting (closed) costs nothing: the range is scanned here, only real changes sent', async () => {
+    const pool = await PagesWorkerPool.start({ workers: 1, parallelBytesMin: 0 });
+    const { path, mapping, write } = guestFile();
+    pool.shareFile(mapping, path);
+    const memory = fingerprintMemory(mapping);
+    await memory.scanRangeOn(pool, 4 * PAGE, mapping);
+    memory.takePages(true);
+    await pool.close();
+    write(30 * PAGE, Uint8Array.of(9));
+    await memory.scanRangeOn(pool, 4 * PAGE, mapping);
+    expect(changedIndices(memory)).toEqual([34]);
+  });
 });

@@ -151,6 +151,15 @@ describe('DeltaCache: what it assumes the secondary holds is what the secondary 
       // Pages not in SharedArrayBuffers cannot be read by the threads: that batch stays on this thread.
       const local = await threaded.encodeAsync(captureOf(guest, all, false, false), pool);
       expect(local.parallel).toBe(false);
+      here.encode(captureOf(guest, all, false, false));
+      // A pool that refuses the batch (here: closed) leaves it to this thread, with the same result.
+      await pool.close();
+      for (const index of all) guest[index * PAGE_SMALL + 3] = guest[index * PAGE_SMALL + 3]! ^ 0x0f;
+      const refused = await threaded.encodeAsync(captureOf(guest, all, false, true), pool);
+      const expected = here.encode(captureOf(guest, all, false, false));
+      expect(refused.parallel).toBe(false);
+      expect(refused.deltaPages).toBe(PAGES);
+      expect(refused.pages.map((p) => Buffer.from(p.data).toString('hex'))).toEqual(expected.pages.map((p) => Buffer.from(p.data).toString('hex')));
     } finally {
       await pool.close();
     }
