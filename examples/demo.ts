@@ -9,6 +9,9 @@
  */
 import { fork } from 'node:child_process';
 import { randomInt } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { Secondary } from '../src/secondary/secondary.js';
 import type { SecondaryCommit } from '../src/secondary/secondary.js';
 import { crc32cImplementation } from '../src/wire/checksum.js';
@@ -36,7 +39,8 @@ let bytes = 0;
 let epochs = 0;
 
 console.log(`kemari demo: a ${MEMORY_BYTES >> 20} MiB SimulatedVm protected over loopback TCP (crc32c: ${crc32cImplementation()})`);
-const child = fork(new URL('./demo-primary.ts', import.meta.url), [String(secondary.port), String(MEMORY_BYTES)], {
+const digestLog = join(mkdtempSync(join(tmpdir(), 'kemari-demo-')), 'digests');
+const child = fork(new URL('./demo-primary.ts', import.meta.url), [String(secondary.port), String(MEMORY_BYTES), digestLog], {
   execArgv: process.execArgv,
   stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
 });
@@ -52,8 +56,7 @@ child.on('message', (raw) => {
   } else if (m.type === 'protected') {
     console.log(`  protected; the guest runs; the primary will be killed in ${killAfterMs} ms`);
     setTimeout(() => child.kill('SIGKILL'), killAfterMs);
-  } else if (m.type === 'capture') captured.set(Number(m.txn), String(m.digest));
-  else if (m.type === 'commit') {
+  } else if (m.type === 'commit') {
     epochs += 1;
     pages += Number(m.pages);
     bytes += Number(m.bytes);
@@ -71,6 +74,12 @@ if (exit.signal !== 'SIGKILL') {
   process.exit(1);
 }
 console.log('  primary killed with SIGKILL; promoting the secondary');
+// The digest of every epoch the primary captured (later lines win: a txn is captured again after a lost session).
+for (const line of readFileSync(digestLog, 'utf8').split('\n')) {
+  const [txnText, digest] = line.split(' ');
+  if (digest !== undefined) captured.set(Number(txnText), digest);
+}
+rmSync(dirname(digestLog), { recursive: true, force: true });
 
 const failoverStart = performance.now();
 const { vm, txn, replay } = await secondary.promote();
