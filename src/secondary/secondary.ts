@@ -282,13 +282,15 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
     this.emit('recovered', recovered);
   }
 
-  private openJournal(dir: string, sessionId: string, geometry: ReplicaGeometry) {
+  /** Opens (or creates) the journal; a fresh one may take `fresh` (a replica with no epoch) as its replica. */
+  private openJournal(dir: string, sessionId: string, geometry: ReplicaGeometry, fresh?: Replica) {
     return Journal.open(dir, {
       sessionId,
       geometry,
       fsync: this.options.journalFsync ?? true,
       ...(this.options.journalFs === undefined ? {} : { fs: this.options.journalFs }),
       ...(this.options.snapshotEveryBytes === undefined ? {} : { snapshotEveryBytes: this.options.snapshotEveryBytes }),
+      ...(fresh === undefined ? {} : { newReplica: () => fresh }),
     });
   }
 
@@ -767,18 +769,24 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
     const replica = this.replicaNow!;
     try {
       if (this.journal === undefined) {
-        const opened = await this.openJournal(this.options.journalDir!, this.sessionId!, replica.geometry);
+        const dir = this.options.journalDir!;
+        // A directory still without a journal gets one whose replica is the HELLO one (no epoch yet): no second
+        // guest-sized allocation, and no synchronous fault-in of one in the middle of the first full sync.
+        const fresh = !replica.hasCommittedEpoch && (await Journal.identityOf(dir, this.options.journalFs)) === undefined;
+        const opened = await this.openJournal(dir, this.sessionId!, replica.geometry, fresh ? replica : undefined);
         if (opened.replica.committedTxn !== replica.committedTxn) {
           throw new KemariError('KEMARI_JOURNAL_CORRUPT', 'the journal directory holds another history than the replica');
         }
         this.journal = opened.journal;
-        // The journal's replica is the one it snapshots: serve from it from now on (both hold no epoch yet). It was
-        // faulted in as the journal made it: the background pass over the discarded one stops (and lets it go),
-        // and goes on over the staging arena only.
-        this.replicaNow = opened.replica;
-        if (this.prefault !== undefined && !this.prefault.finished) {
-          this.prefault.stop();
-          this.prefault = this.arena === undefined ? undefined : new BackgroundPrefault([this.arena.memory], this.timers).start();
+        // The journal's replica is the one it snapshots: serve from it from now on (both hold no epoch yet).
+        if (opened.replica !== replica) {
+          // Made and faulted in by the journal: the background pass over the discarded one stops (and lets it go)
+          // and goes on over the staging arena only.
+          this.replicaNow = opened.replica;
+          if (this.prefault !== undefined && !this.prefault.finished) {
+            this.prefault.stop();
+            this.prefault = this.arena === undefined ? undefined : new BackgroundPrefault([this.arena.memory], this.timers).start();
+          }
         }
       }
       await this.journal.append(staged);
