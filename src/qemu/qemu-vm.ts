@@ -169,7 +169,6 @@ export class QemuVm implements VmAdapter {
   private closed = false;
   /** Send buffers of captures, reused once the primary hands the capture back (releaseCapture). */
   private readonly captureBuffers = new CaptureBuffers();
-  private readonly sendBufferOf = new WeakMap<EpochCapture, Uint8Array>();
   private readonly counters: Omit<QemuVmStats, 'shadowBytes' | 'fingerprintBytes'> = {
     captures: 0,
     pagesCaptured: 0,
@@ -438,16 +437,13 @@ export class QemuVm implements VmAdapter {
     this.counters.pagesCaptured += pages.length;
     this.counters.lastPages = pages.length;
     const capture: EpochCapture = { full, pages, devices, diskWrites, stateDigest };
-    if (send.length > 0) this.sendBufferOf.set(capture, send);
+    this.captureBuffers.own(capture, send);
     return capture;
   }
 
   /** Takes back a committed capture's send buffer for a later capture (see VmAdapter.releaseCapture). */
   releaseCapture(capture: EpochCapture): void {
-    const send = this.sendBufferOf.get(capture);
-    if (send === undefined) return;
-    this.sendBufferOf.delete(capture);
-    this.captureBuffers.give(send);
+    this.captureBuffers.release(capture);
   }
 
   /**

@@ -13,6 +13,7 @@
  * pages in place.
  */
 import { KemariError } from '../errors.js';
+import type { EpochCapture } from './adapter.js';
 
 /** Options of {@link CaptureBuffers}. */
 export interface CaptureBuffersOptions {
@@ -29,6 +30,7 @@ export class CaptureBuffers {
   private readonly free: ArrayBufferLike[] = [];
   private freeBytes = 0;
   private readonly lent = new WeakSet<ArrayBufferLike>();
+  private readonly sendOf = new WeakMap<EpochCapture, Uint8Array>();
   private readonly buffersMax: number;
   private readonly freeBytesMax: number;
   /** Buffers allocated, and taken from the free list, since creation (for tests and stats). */
@@ -90,6 +92,19 @@ export class CaptureBuffers {
     }
     this.free.push(buffer);
     this.freeBytes += buffer.byteLength;
+  }
+
+  /** Records that `capture`'s pages live in `send` (a buffer from {@link take}), for {@link release}. */
+  own(capture: EpochCapture, send: Uint8Array): void {
+    if (send.length > 0) this.sendOf.set(capture, send);
+  }
+
+  /** Takes back the send buffer of a capture recorded with {@link own} (VmAdapter.releaseCapture); others are ignored. */
+  release(capture: EpochCapture): void {
+    const send = this.sendOf.get(capture);
+    if (send === undefined) return;
+    this.sendOf.delete(capture);
+    this.give(send);
   }
 
   /** Free bytes held for reuse. */

@@ -244,7 +244,6 @@ export class SimulatedVm implements VmAdapter {
   private isPaused = false;
   /** Send buffers of captures, reused once the primary hands the capture back (releaseCapture). */
   private readonly captureBuffers = new CaptureBuffers();
-  private readonly sendBufferOf = new WeakMap<EpochCapture, Uint8Array>();
   private readonly counters: SimulatedVmStats = { writes: 0, pagesDirtied: 0, diskWrites: 0, captures: 0, pagesCaptured: 0 };
 
   /**
@@ -559,16 +558,13 @@ export class SimulatedVm implements VmAdapter {
     this.counters.captures += 1;
     this.counters.pagesCaptured += count;
     const capture: EpochCapture = { full, pages, devices, diskWrites, stateDigest };
-    if (send.length > 0) this.sendBufferOf.set(capture, send);
+    this.captureBuffers.own(capture, send);
     return capture;
   }
 
   /** Takes back a committed capture's send buffer for a later capture (see VmAdapter.releaseCapture). */
   releaseCapture(capture: EpochCapture): void {
-    const send = this.sendBufferOf.get(capture);
-    if (send === undefined) return;
-    this.sendBufferOf.delete(capture);
-    this.captureBuffers.give(send);
+    this.captureBuffers.release(capture);
   }
 
   /**
