@@ -1,9 +1,7 @@
-import { openSync, closeSync, mkdtempSync, rmSync, writeSync, ftruncateSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { FINGERPRINT_BYTES, mmapFile, pagesImplementation, scanChangedPages, unmap } from '../../src/pages/index.js';
+import { FINGERPRINT_BYTES, pagesImplementation, scanChangedPages } from '../../src/pages/index.js';
 import { PagesWorkerPool, sharedBytes } from '../../src/pages/worker-pool.js';
+import { mappedTempFile } from '../helpers/mapped-file.js';
 
 const PAGE = 4096;
 const PAGES = 2048; // 8 MiB
@@ -14,23 +12,14 @@ afterEach(async () => {
 
 /** A file of PAGES pages, every page non-zero but page 7, mapped here; and a writer of one byte of it. */
 function mappedFile(): { path: string; mapping: Uint8Array; poke: (offset: number, value: number) => void } {
-  const dir = mkdtempSync(join(tmpdir(), 'kemari-pool-file-'));
-  const path = join(dir, 'ram');
-  const fd = openSync(path, 'w+');
-  ftruncateSync(fd, PAGES * PAGE);
+  const file = mappedTempFile(PAGES * PAGE, cleanups);
   const page = Buffer.alloc(PAGE);
   for (let p = 0; p < PAGES; p++) {
     if (p === 7) continue;
     page.fill(p & 0xff || 1);
-    writeSync(fd, page, 0, PAGE, p * PAGE);
+    file.write(p * PAGE, page);
   }
-  const mapping = new Uint8Array(mmapFile(path, PAGES * PAGE));
-  cleanups.push(() => {
-    unmap(mapping.buffer as ArrayBuffer);
-    closeSync(fd);
-    rmSync(dir, { recursive: true, force: true });
-  });
-  return { path, mapping, poke: (offset, value) => void writeSync(fd, Uint8Array.of(value), 0, 1, offset) };
+  return { path: file.path, mapping: file.mapping, poke: (offset, value) => file.write(offset, Uint8Array.of(value)) };
 }
 
 describe('PagesWorkerPool over a shared file mapping', () => {

@@ -2,14 +2,12 @@
  * GuestMemory's fingerprint scan on a PagesWorkerPool (scanRangeOn), without QEMU: a file stands in for QEMU's
  * shared RAM file, written with positioned writes as QEMU's vCPUs write guest RAM.
  */
-import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { mmapFile, unmap } from '../../src/pages/mmap.js';
 import { PagesWorkerPool } from '../../src/pages/worker-pool.js';
 import { GuestMemory } from '../../src/qemu/guest-memory.js';
 import type { SharedBlockSource } from '../../src/qemu/guest-memory.js';
+import { mappedTempFile } from '../helpers/mapped-file.js';
+import type { MappedFile } from '../helpers/mapped-file.js';
 
 const PAGE = 4096;
 const PAGES = 1024; // 4 MiB of "guest RAM"
@@ -18,18 +16,8 @@ afterEach(async () => {
   for (const f of cleanups.splice(0).reverse()) await f();
 });
 
-function guestFile(): { path: string; mapping: Uint8Array; write: (offset: number, bytes: Uint8Array) => void } {
-  const dir = mkdtempSync(join(tmpdir(), 'kemari-guest-pool-'));
-  const path = join(dir, 'ram');
-  const fd = openSync(path, 'w+');
-  ftruncateSync(fd, PAGES * PAGE);
-  const mapping = new Uint8Array(mmapFile(path, PAGES * PAGE));
-  cleanups.push(() => {
-    unmap(mapping.buffer as ArrayBuffer);
-    closeSync(fd);
-    rmSync(dir, { recursive: true, force: true });
-  });
-  return { path, mapping, write: (offset, bytes) => void writeSync(fd, bytes, 0, bytes.length, offset) };
+function guestFile(): MappedFile {
+  return mappedTempFile(PAGES * PAGE, cleanups);
 }
 
 function fingerprintMemory(mapping: Uint8Array): GuestMemory {
