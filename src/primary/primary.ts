@@ -990,8 +990,9 @@ export class Primary extends EventEmitter {
     } finally {
       this.capturing = false;
       this.controller.captureFinished();
+      // On every way out: a new session may have begun while this capture ran (its own pump found one running).
+      this.pump();
     }
-    this.pump();
   }
 
   /**
