@@ -2,6 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { PagesWorkerPool } from '../../src/pages/worker-pool.js';
 import { Primary } from '../../src/primary/primary.js';
 import type { PrimaryCommit, PrimaryOptions, Reprotection } from '../../src/primary/primary.js';
 import { Secondary } from '../../src/secondary/secondary.js';
@@ -97,6 +98,52 @@ describe('a primary reconnects to its secondary', () => {
     expect(primary.state).toBe('protected');
     expect(restarted.committedTxn).toBeGreaterThan(reprotection.txn);
     expect(restarted.stats().epochs).toBeGreaterThan(1);
+  });
+
+  it('an epoch whose deltas were still encoding on the worker pool when the link died is carried, and the cache starts over', async () => {
+    // Threshold 0: every epoch's deltas go to the threads. The wrapper holds the encoded batch back on demand, so
+    // the cache takes the epoch's pages only after the new session began (and cleared it).
+    const pool = await PagesWorkerPool.start({ workers: 1, parallelBytesMin: 0 });
+    cleanups.push(() => pool.close());
+    const encode = pool.encodeDeltas.bind(pool);
+    let gate: Promise<void> | undefined;
+    let entered: (() => void) | undefined;
+    pool.encodeDeltas = async (...args) => {
+      const result = await encode(...args);
+      if (gate !== undefined) {
+        entered?.();
+        await gate;
+      }
+      return result;
+    };
+    const { secondary, startSecondary, primary, outputs, run } = await setup({ journal: true, primary: { delta: true, pagesPool: pool } });
+    await run(20);
+    await Promise.all(outputs.splice(0));
+    expect(primary.stats().parallelDeltaEpochs).toBeGreaterThan(0);
+
+    let release!: () => void;
+    gate = new Promise((r) => (release = r));
+    const stuck = new Promise<void>((r) => (entered = r));
+    await run(2);
+    await stuck; // an epoch's encoded deltas are held back
+    const unprotected = once(primary, 'unprotected');
+    await secondary.close();
+    await unprotected;
+    const restarted = await startSecondary();
+    for (const deadline = Date.now() + 10_000; primary.state !== 'syncing'; await new Promise((r) => setTimeout(r, 5))) {
+      if (Date.now() > deadline) throw new Error(`no new session (state ${primary.state})`);
+    }
+    gate = undefined;
+    release(); // the held epoch ends on a session that is no longer its own
+    const reprotection = await once<Reprotection>(primary, 'reprotected');
+    expect(reprotection.full).toBe(false);
+    // Verification is on: a cache that kept the unsent epoch's pages would encode deltas against bases the
+    // secondary never had, and the first such epoch would fail its digest.
+    await run(20);
+    await Promise.all(outputs.splice(0));
+    expect(primary.state).toBe('protected');
+    expect(restarted.committedTxn).toBeGreaterThan(reprotection.txn);
+    expect(primary.stats().deltaPages).toBeGreaterThan(0);
   });
 
   it('brings back a secondary that lost its replica with a full sync, releasing what it held', async () => {
