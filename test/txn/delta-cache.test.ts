@@ -1,7 +1,7 @@
 import { fc, test } from '@fast-check/vitest';
 import { describe, expect, it } from 'vitest';
 import { PagesWorkerPool } from '../../src/pages/worker-pool.js';
-import { DeltaCache } from '../../src/txn/delta-cache.js';
+import { DELTA_CACHE_BYTES_MAX, DeltaCache } from '../../src/txn/delta-cache.js';
 import { decodeDelta } from '../../src/pages/delta.js';
 import { PageKind } from '../../src/wire/bodies/pages.js';
 import type { Page } from '../../src/wire/bodies/pages.js';
@@ -56,6 +56,8 @@ describe('DeltaCache', () => {
     expect(again.unchangedPages).toBe(1); // page 3 is cached, page 1 was evicted
     expect(again.pages.map((p) => p.index)).toEqual([1]);
     expect(() => new DeltaCache(PAGE, -1)).toThrow(expect.objectContaining({ code: 'KEMARI_INVALID_ARGUMENT' }));
+    // One slab addressed by 32-bit slots: a larger cache is refused up front, not failed at first use.
+    expect(() => new DeltaCache(PAGE, DELTA_CACHE_BYTES_MAX + PAGE)).toThrow(expect.objectContaining({ code: 'KEMARI_INVALID_ARGUMENT' }));
   });
 });
 
