@@ -115,6 +115,23 @@ int64_t Walk(const uint8_t* delta, size_t delta_bytes, size_t page_bytes, uint8_
   return kDeltaOk;
 }
 
+// Copies the literal runs of a delta this encoder just wrote (well-formed, in bounds) from `page` to `base`.
+// memmove: the binding does not refuse a base overlapping its page (the TypeScript wrapper does).
+void CopyRuns(uint8_t* base, const uint8_t* page, const uint8_t* delta, size_t delta_bytes) {
+  size_t at = 0;
+  size_t pos = 0;
+  while (at < delta_bytes) {
+    size_t skip = 0;
+    size_t length = 0;
+    GetVarint(delta, delta_bytes, &at, &skip);
+    pos += skip;
+    GetVarint(delta, delta_bytes, &at, &length);
+    std::memmove(base + pos, page + pos, length);
+    at += length;
+    pos += length;
+  }
+}
+
 }  // namespace
 
 int64_t EncodeDelta(const uint8_t* old_page, const uint8_t* new_page, size_t page_bytes, uint8_t* out,
@@ -174,16 +191,22 @@ int64_t EncodeDeltaBatch(const uint8_t* pages, size_t page_slots, const uint32_t
       const size_t next_base = base_indices[k + 1];
       if (next_page < page_slots && next_base < base_slots) {
         for (size_t line = 0; line < page_bytes; line += 64) {
-          __builtin_prefetch(bases + next_base * page_bytes + line, 1);
+          __builtin_prefetch(bases + next_base * page_bytes + line, 0);
           __builtin_prefetch(pages + next_page * page_bytes + line, 0);
         }
       }
     }
     const int64_t n = EncodeDelta(base, page, page_bytes, out + cursor, budget_bytes);
     lengths[k] = static_cast<int32_t>(n);  // n < budget_bytes <= kDeltaPageBytesMax: fits
+    if (update_bases && n > 0) {
+      // Only the runs the delta names differ: copy those, so a page with a few changed words dirties a few cache
+      // lines of its base instead of all of them (the base is cold; a whole-page copy costs a write-back of 4 KiB).
+      CopyRuns(base, page, out + cursor, static_cast<size_t>(n));
+    } else if (update_bases && n < 0) {
+      // memmove, not memcpy: the binding does not refuse a base overlapping its page (the TypeScript wrapper does).
+      std::memmove(base, page, page_bytes);
+    }
     if (n > 0) cursor += static_cast<size_t>(n);
-    // memmove, not memcpy: the binding does not refuse a base overlapping its page (the TypeScript wrapper does).
-    if (update_bases && n != 0) std::memmove(base, page, page_bytes);
   }
   return static_cast<int64_t>(cursor);
 }
