@@ -68,7 +68,14 @@ export function encodePages(batch: PageBatch): { parts: Uint8Array[]; flags: num
   const parts: Uint8Array[] = [table.bytes];
   let flags = 0;
   let previousIndex = -1;
+  // The current run of views that continue each other: its first view, and its length so far (one view is made
+  // per run at its end, not one per page).
   let run: Uint8Array | undefined;
+  let runBytes = 0;
+  const endRun = (): void => {
+    if (run === undefined) return;
+    parts.push(runBytes === run.byteLength ? run : new Uint8Array(run.buffer, run.byteOffset, runBytes));
+  };
   for (let i = 0; i < pages.length; i++) {
     const page = pages[i]!;
     const index = checkU53(`pages[${i}].index`, page.index);
@@ -92,14 +99,15 @@ export function encodePages(batch: PageBatch): { parts: Uint8Array[]; flags: num
     table.u64(index).u8(page.kind).zeros(3).u32(data.byteLength);
     if (data.byteLength === 0) continue;
     // Merge views that continue each other in the same memory: one part per run of consecutive pages.
-    if (run !== undefined && run.buffer === data.buffer && run.byteOffset + run.byteLength === data.byteOffset) {
-      run = new Uint8Array(run.buffer, run.byteOffset, run.byteLength + data.byteLength);
+    if (run !== undefined && run.buffer === data.buffer && run.byteOffset + runBytes === data.byteOffset) {
+      runBytes += data.byteLength;
     } else {
-      if (run !== undefined) parts.push(run);
+      endRun();
       run = data;
+      runBytes = data.byteLength;
     }
   }
-  if (run !== undefined) parts.push(run);
+  endRun();
   return { parts, flags };
 }
 
