@@ -263,23 +263,37 @@ async function main(): Promise<void> {
       `${BYTES_PER_PAGE_WRITE} bytes changed per page; primary and secondary in separate processes over loopback TCP; ` +
       `node ${process.version}; ${availableParallelism()} cores; load average ${loadavg()[0]!.toFixed(2)}; this process: pages ${pagesImplementation()}`,
   );
-  // The physical limit: raw loopback throughput, one warm-up transfer discarded, then the best of three (loopback
-  // between two processes on a shared host varies by 2-3x from one transfer to the next; the limit is the best).
+  // The physical limit: raw loopback throughput, one warm-up transfer discarded, then the best of three here and
+  // one before every configuration run below (loopback between two processes on a shared host varies by 2-3x from
+  // one transfer to the next, and drifts over the run; the limit is the best seen).
   await rawNet(64 << 20);
+  const rawBytes = quick ? 128 << 20 : 256 << 20;
   let rawBytesPerSecond = 0;
-  for (let i = 0; i < 3; i++) rawBytesPerSecond = Math.max(rawBytesPerSecond, await rawNet(quick ? 128 << 20 : 256 << 20));
+  const rawSamples: number[] = [];
+  const sampleRaw = async (): Promise<void> => {
+    const rate = await rawNet(rawBytes);
+    rawSamples.push(rate);
+    rawBytesPerSecond = Math.max(rawBytesPerSecond, rate);
+  };
+  for (let i = 0; i < 3; i++) await sampleRaw();
   const jsEnv = { ...process.env, KEMARI_PAGES_IMPLEMENTATION: 'js' };
   const nativeEnv = { ...process.env };
   delete nativeEnv.KEMARI_PAGES_IMPLEMENTATION;
   // Each configuration twice, interleaved (a b c a b c), its two runs pooled: the host's speed drifts over a run.
   const runs: Array<EpochFigures & { label: string }> = [];
   for (let round = 0; round < 2; round++) {
+    await sampleRaw();
     runs.push(await measure('(a) no delta', 'none', nativeEnv));
+    await sampleRaw();
     runs.push(await measure('(b) delta, JS fallback', 'delta', jsEnv));
+    await sampleRaw();
     runs.push(await measure('(c) delta, native addon', 'delta', nativeEnv));
   }
   const rows = [0, 1, 2].map((i) => pool(runs[i]!, runs[i + 3]!));
-  console.log(`raw node:net loopback: ${(rawBytesPerSecond / 1e9).toFixed(2)} GB/s (the bandwidth limit below)`);
+  const gbps = (bytesPerSecond: number): string => (bytesPerSecond / 1e9).toFixed(2);
+  console.log(
+    `raw node:net loopback: ${gbps(rawBytesPerSecond)} GB/s, the best of ${rawSamples.length} transfers of ${rawBytes >> 20} MiB (all: ${rawSamples.map(gbps).join(', ')}); the bandwidth limit below`,
+  );
   console.log(
     `${'configuration'.padEnd(26)} ${'pages'.padEnd(6)} ${'epochs/s'.padStart(9)} ${'KiB/epoch'.padStart(10)} ${'delta %'.padStart(8)} ` +
       `${'pause p50'.padStart(10)} ${'commit p50'.padStart(11)} ${'guest/epoch'.padStart(12)} ${'net-bound epochs/s'.padStart(19)} ${'% of it'.padStart(8)}`,
