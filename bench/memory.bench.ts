@@ -9,6 +9,9 @@
  *   shadow        scanChangedPages against a shadow copy: a second guest;
  *   fingerprints+gc  fingerprints again, with a full garbage collection after every epoch: a diagnostic row that
  *                 separates memory the primary keeps from per-epoch garbage not yet collected.
+ *   fingerprints+semi1  fingerprints again, in a process run with --max-semi-space-size=1: a diagnostic row for V8's
+ *                 young generation, which grows to tens of MiB in any busy Node.js process whatever the guest's
+ *                 size (a per-process constant, not a fraction of the guest; an application may cap it so).
  *
  * The two scanning modes wrap the VM in a {@link ScanningVm}, which takes the changed pages from the scan rather
  * than from the dirty bitmap, and checks each epoch that both agree (so the figures are of a correct primary).
@@ -55,7 +58,7 @@ const TXN_BYTES_MAX = MEMORY_BYTES + (64 << 20);
 const MIB = 1 << 20;
 
 /** The three ways to find changed pages, and fingerprints again with a full GC after every epoch (diagnostic). */
-type Mode = 'bitmap' | 'fingerprints' | 'shadow' | 'fingerprints+gc';
+type Mode = 'bitmap' | 'fingerprints' | 'shadow' | 'fingerprints+gc' | 'fingerprints+semi1';
 
 /** Resident and peak resident bytes of this process (Linux). */
 function memoryStatus(): { rss: number; hwm: number } {
@@ -207,8 +210,8 @@ interface SecondaryFigures {
 
 const send = (m: unknown): void => void process.send?.(m);
 
-function forkSelf(args: string[]): ChildProcess {
-  return fork(new URL(import.meta.url), args, { execArgv: [...process.execArgv, '--expose-gc'] });
+function forkSelf(args: string[], execArgv: string[] = []): ChildProcess {
+  return fork(new URL(import.meta.url), args, { execArgv: [...process.execArgv, '--expose-gc', ...execArgv] });
 }
 
 function nextMessage<T>(child: ChildProcess): Promise<T> {
@@ -316,8 +319,8 @@ async function main(): Promise<void> {
       `${DIRTY_PAGES} pages (1%) dirty per epoch, ${EPOCHS} epochs measured; pages ${pagesImplementation()}; node ${process.version}; load average ${loadavg()[0]!.toFixed(2)}`,
   );
   const results: Array<{ primary: PrimaryFigures; secondary: SecondaryFigures }> = [];
-  for (const mode of ['bitmap', 'fingerprints', 'shadow', 'fingerprints+gc'] as const) {
-    const child = forkSelf(['primary', mode, ...(quick ? ['--quick'] : [])]);
+  for (const mode of ['bitmap', 'fingerprints', 'shadow', 'fingerprints+gc', 'fingerprints+semi1'] as const) {
+    const child = forkSelf(['primary', mode, ...(quick ? ['--quick'] : [])], mode === 'fingerprints+semi1' ? ['--max-semi-space-size=1'] : []);
     results.push(await nextMessage(child));
     child.disconnect();
   }
@@ -355,7 +358,8 @@ async function main(): Promise<void> {
     `goal <= 2% of the guest beyond the delta cache with fingerprints (steady state): ${(100 * beyond) / MEMORY_BYTES <= 2 ? 'met' : 'NOT MET'} (${pct(beyond)}; ` +
       `the table itself is ${pct(fingerprints.referenceBytes)}, ${FINGERPRINT_BYTES} bytes a page, plus 5 bytes a page of scan output; ` +
       `the epoch in flight (its send buffer, reused from epoch to epoch) ${pct(DIRTY_PAGES * PAGE_BYTES)}; ` +
-      `fingerprints add ${pct(beyond - beyondCache('bitmap'))} to the bitmap mode; with a GC after every epoch ${pct(beyondCache('fingerprints+gc'))})`,
+      `fingerprints add ${pct(beyond - beyondCache('bitmap'))} to the bitmap mode; with a GC after every epoch ${pct(beyondCache('fingerprints+gc'))}; ` +
+      `with V8's young generation capped at 1 MiB semi-spaces ${pct(beyondCache('fingerprints+semi1'))}, so the young generation accounts for ${mib(beyond - beyondCache('fingerprints+semi1'))} MiB)`,
   );
   console.log(`secondary (txnBytesMax ${mib(TXN_BYTES_MAX)} MiB, default staging = min(txnBytesMax, guest + disks + 2 MiB) = ${mib(Math.min(TXN_BYTES_MAX, MEMORY_BYTES + 2 * MIB))} MiB):`);
   for (const { primary: p, secondary: s } of results) {
