@@ -115,27 +115,18 @@ int64_t Walk(const uint8_t* delta, size_t delta_bytes, size_t page_bytes, uint8_
   return kDeltaOk;
 }
 
-// Copies the literal runs of a delta this encoder just wrote (well-formed, in bounds) from `page` to `base`.
-// memmove: the binding does not refuse a base overlapping its page (the TypeScript wrapper does).
-void CopyRuns(uint8_t* base, const uint8_t* page, const uint8_t* delta, size_t delta_bytes) {
-  size_t at = 0;
-  size_t pos = 0;
-  while (at < delta_bytes) {
-    size_t skip = 0;
-    size_t length = 0;
-    GetVarint(delta, delta_bytes, &at, &skip);
-    pos += skip;
-    GetVarint(delta, delta_bytes, &at, &length);
-    std::memmove(base + pos, page + pos, length);
-    at += length;
-    pos += length;
-  }
-}
-
 }  // namespace
 
-int64_t EncodeDelta(const uint8_t* old_page, const uint8_t* new_page, size_t page_bytes, uint8_t* out,
-                    size_t budget_bytes) {
+namespace {
+
+// EncodeDelta, and when `update` is not null, each run's new bytes copied to update[start, end) as soon as the run
+// is written: a page with a few changed words dirties a few cache lines of its base instead of all of them (the base
+// is cold; a whole-page copy costs a write-back of 4 KiB). Later runs only read at and after the end of earlier
+// ones, and the copies are named by the encoder's own positions (never read back from `out`), so every write stays
+// within update[0, page_bytes) whatever the buffers alias. On -1 some runs may have been copied: the caller copies
+// the whole page then.
+int64_t EncodeDeltaUpdating(const uint8_t* old_page, const uint8_t* new_page, size_t page_bytes, uint8_t* out,
+                            size_t budget_bytes, uint8_t* update) {
   const size_t n = page_bytes;
   size_t pos = 0;
   size_t o = 0;
@@ -165,11 +156,20 @@ int64_t EncodeDelta(const uint8_t* old_page, const uint8_t* new_page, size_t pag
     o += PutVarint(out + o, skip);
     o += PutVarint(out + o, length);
     XorBytes(out + o, old_page + start, new_page + start, length);
+    // memmove, not memcpy: the binding does not refuse a base overlapping its page (the TypeScript wrapper does).
+    if (update != nullptr) std::memmove(update + start, new_page + start, length);
     o += length;
     pos = end;
   }
   if (o >= budget_bytes) return -1;
   return static_cast<int64_t>(o);
+}
+
+}  // namespace
+
+int64_t EncodeDelta(const uint8_t* old_page, const uint8_t* new_page, size_t page_bytes, uint8_t* out,
+                    size_t budget_bytes) {
+  return EncodeDeltaUpdating(old_page, new_page, page_bytes, out, budget_bytes, nullptr);
 }
 
 int64_t EncodeDeltaBatch(const uint8_t* pages, size_t page_slots, const uint32_t* page_indices, uint8_t* bases,
@@ -196,16 +196,11 @@ int64_t EncodeDeltaBatch(const uint8_t* pages, size_t page_slots, const uint32_t
         }
       }
     }
-    const int64_t n = EncodeDelta(base, page, page_bytes, out + cursor, budget_bytes);
+    // Updating the base run by run as they are found: every differing byte lies in a run, so after a delta the base
+    // equals the page; a page over budget (-1) is copied whole.
+    const int64_t n = EncodeDeltaUpdating(base, page, page_bytes, out + cursor, budget_bytes, update_bases ? base : nullptr);
     lengths[k] = static_cast<int32_t>(n);  // n < budget_bytes <= kDeltaPageBytesMax: fits
-    if (update_bases && n > 0) {
-      // Only the runs the delta names differ: copy those, so a page with a few changed words dirties a few cache
-      // lines of its base instead of all of them (the base is cold; a whole-page copy costs a write-back of 4 KiB).
-      CopyRuns(base, page, out + cursor, static_cast<size_t>(n));
-    } else if (update_bases && n < 0) {
-      // memmove, not memcpy: the binding does not refuse a base overlapping its page (the TypeScript wrapper does).
-      std::memmove(base, page, page_bytes);
-    }
+    if (update_bases && n < 0) std::memmove(base, page, page_bytes);
     if (n > 0) cursor += static_cast<size_t>(n);
   }
   return static_cast<int64_t>(cursor);

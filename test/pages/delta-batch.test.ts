@@ -259,6 +259,27 @@ describe(`encodeDeltaBatch: native and TypeScript produce identical results (pag
     expect(call({ bases: new Uint16Array(128) })).toThrow(TypeError);
     expect(call({ count: '4' })).toThrow(TypeError);
   });
+
+  it('the addon stays in bounds and ends when, called without the wrapper, out overlaps the bases being updated', () => {
+    // The deltas are written into the bases while the bases are updated: were the updates taken by reading the
+    // deltas back, the bytes a base update writes would be read as the next run's header (here a skip of 2^28, or
+    // a varint that never ends), taking the copy out of bounds or the loop forever.
+    const n = requireNative();
+    const pageBytes = 4096;
+    for (const header of [[0xff, 0xff, 0xff, 0x7f, 0x10], [0x80, 0x80, 0x80, 0x80, 0x80]]) {
+      const page = new Uint8Array(pageBytes);
+      page.fill(0xff, 200, 500);
+      page.set(header, 404);
+      page.fill(1, 1000, 1010);
+      const bases = new Uint8Array(2 * pageBytes);
+      const out = bases.subarray(100, 100 + pageBytes);
+      const lengths = new Int32Array(1);
+      const total = (n.encodeDeltaBatch as (...args: unknown[]) => number)(page, Uint32Array.of(0), bases, Uint32Array.of(0), 1, pageBytes, pageBytes, out, lengths, true);
+      expect(total).toBe(lengths[0]);
+      expect(total).toBeGreaterThan(0);
+      expect(total).toBeLessThan(pageBytes);
+    }
+  });
 });
 
 describe('encodeDeltaBatch: arguments', () => {
