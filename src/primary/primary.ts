@@ -259,7 +259,7 @@ export const DELTA_CACHE_BYTES_DEFAULT = 64 << 20;
 /** Pages one pre-copy call copies at most (16 MiB of 4 KiB pages). */
 export const PRECOPY_CHUNK_PAGES = 4096;
 
-/** Most bytes of queued frames handed to the connection in one corked write (one system call for an epoch). */
+/** Most bytes of queued frames written under one cork (one system call for an epoch's frames). */
 const FLUSH_BATCH_BYTES = 4 << 20;
 
 /** Where a primary stands. */
@@ -1053,29 +1053,34 @@ export class Primary extends EventEmitter {
     const connection = this.connection;
     if (connection === undefined) return;
     while (this.sendQueue.length > 0) {
-      // Queued frames leave in batches of up to FLUSH_BATCH_BYTES, each one corked write: an epoch's frames (BEGIN,
-      // PAGES, ..., COMMIT) cost one system call, not one each (the socket's 16 KiB high-water mark would otherwise
-      // end the loop after every frame of any size, and wait a turn for 'drain').
-      const chunks: Uint8Array[] = [];
+      // Queued frames leave in batches of up to FLUSH_BATCH_BYTES under one cork, so an epoch's frames (BEGIN,
+      // PAGES, ..., COMMIT) cost one system call, not one each: the socket's 16 KiB high-water mark would otherwise
+      // end the batch after any frame larger than that. Still one write per frame, so a connection without cork (the
+      // in-memory pair) sees frames as before, and stops at the first push-back.
+      const corks = connection.cork !== undefined && connection.uncork !== undefined;
       const progress: SyncProgress[] = [];
       let batchBytes = 0;
-      while (this.sendQueue.length > 0 && (chunks.length === 0 || batchBytes < FLUSH_BATCH_BYTES)) {
-        const frame = this.sendQueue.shift()!;
-        chunks.push(frame.header);
-        for (const part of frame.body) chunks.push(part);
-        const bytes = frame.header.byteLength + frame.bodyBytes;
-        batchBytes += bytes;
-        this.bytesSent += bytes;
-        const sync = this.fullSync;
-        if (sync !== undefined) {
-          sync.sent += bytes;
-          // While pre-copying, the total is an estimate (the guest's size) that grows with what was sent.
-          progress.push({ txn: sync.txn, bytesSent: sync.sent, bytesTotal: sync.closed ? sync.total : Math.max(sync.total, sync.sent) });
-          if (sync.closed && sync.sent >= sync.total) this.fullSync = undefined;
+      let ok = true;
+      if (corks) connection.cork!();
+      try {
+        while (this.sendQueue.length > 0 && (batchBytes === 0 || (corks ? batchBytes < FLUSH_BATCH_BYTES : ok))) {
+          const frame = this.sendQueue.shift()!;
+          ok = connection.write([frame.header, ...frame.body]);
+          const bytes = frame.header.byteLength + frame.bodyBytes;
+          batchBytes += bytes;
+          this.bytesSent += bytes;
+          const sync = this.fullSync;
+          if (sync !== undefined) {
+            sync.sent += bytes;
+            // While pre-copying, the total is an estimate (the guest's size) that grows with what was sent.
+            progress.push({ txn: sync.txn, bytesSent: sync.sent, bytesTotal: sync.closed ? sync.total : Math.max(sync.total, sync.sent) });
+            if (sync.closed && sync.sent >= sync.total) this.fullSync = undefined;
+          }
         }
+      } finally {
+        if (corks) connection.uncork!();
       }
-      const ok = connection.write(chunks);
-      // After the write: a listener that writes (and so flushes) again must find this batch already handed over.
+      // After the writes: a listener that writes (and so flushes) again must find this batch already handed over.
       for (const p of progress) this.emit('progress', p);
       if (!ok || this.connection !== connection) return;
     }

@@ -22,6 +22,13 @@ export interface Connection {
    * Chunks must not be modified until written (they are not copied).
    */
   write(chunks: readonly Uint8Array[]): boolean;
+  /**
+   * Optional: holds the writes that follow until {@link uncork}, so several writes (an epoch's frames) leave in one
+   * system call. Each write still answers for the buffer as it stands; calls nest, one uncork per cork.
+   */
+  cork?(): void;
+  /** Optional: ends a {@link cork}, handing the held writes over at once. */
+  uncork?(): void;
   /** Closes gracefully after pending writes (`error` undefined) or at once (with `error`). Idempotent. */
   close(error?: KemariError): void;
   /** Bytes queued and not yet handed to the OS. */

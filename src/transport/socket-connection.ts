@@ -27,7 +27,8 @@ export interface SocketConnectionOptions {
  * {@link Connection} over a connected `net.Socket` or `tls.TLSSocket`.
  *
  * - `write` corks the socket, writes every chunk (no copies), uncorks: a frame's header and body parts leave in one
- *   batch. It returns the last `socket.write` result; 'drain' follows a false.
+ *   batch. It returns the last `socket.write` result; 'drain' follows a false. `cork`/`uncork` around several
+ *   writes make them one batch too.
  * - 'data' hands on the socket's chunks as they are (Node never reuses them).
  * - 'close' is emitted exactly once: `undefined` when the stream ended cleanly, the error given to `close(error)`
  *   when this side aborted, else a KEMARI_CONNECTION_CLOSED error whose cause is the socket error.
@@ -93,6 +94,16 @@ export class SocketConnection implements Connection {
       socket.uncork();
     }
     return belowHighWaterMark;
+  }
+
+  /** Holds the writes that follow until {@link uncork} (one system call for many frames). */
+  cork(): void {
+    if (!this.closed) this.socket.cork();
+  }
+
+  /** Ends a {@link cork}. */
+  uncork(): void {
+    if (this.socket.writableCorked > 0) this.socket.uncork();
   }
 
   /** Ends gracefully after pending writes (no `error`) or destroys at once (with `error`). Idempotent. */
