@@ -4,7 +4,7 @@
  * (deltas on, 64 MiB delta cache) that finds changed pages in one of three ways:
  *
  *   bitmap        the VM's own dirty tracking (the hypervisor tells kemari which pages changed): no reference;
- *   fingerprints  scanChangedPages against an XXH64 table, 8 bytes a page (a hypervisor that tells nobody, as QEMU
+ *   fingerprints  scanChangedPages against an XXH3 table, 8 bytes a page (a hypervisor that tells nobody, as QEMU
  *                 over its shared memory file): the scan reference the issue asks to keep under 2%;
  *   shadow        scanChangedPages against a shadow copy: a second guest;
  *   fingerprints+gc  fingerprints again, with a full garbage collection after every epoch: a diagnostic row that
@@ -94,7 +94,7 @@ class ScanningVm implements VmAdapter {
     readonly mode: 'fingerprints' | 'shadow',
   ) {
     const pageCount = inner.pageCount;
-    this.seed = randomBytes(8).readBigUInt64LE(0); // secret per VM: a guest cannot aim at XXH64 collisions
+    this.seed = randomBytes(8).readBigUInt64LE(0); // secret per VM: a guest cannot aim at XXH3 collisions
     this.reference = mode === 'shadow' ? new Uint8Array(inner.memoryBytes) : new BigUint64Array(pageCount);
     this.out = { changedPages: new Uint32Array(pageCount), zeroFlags: new Uint8Array(pageCount) };
     this.zeroFingerprint = pageFingerprint(new Uint8Array(inner.pageBytes), this.seed);

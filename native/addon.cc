@@ -1,4 +1,4 @@
-// kemari_pages: the N-API glue over page_scan, page_delta, xxh64 and file_map. The TypeScript wrappers in
+// kemari_pages: the N-API glue over page_scan, page_delta, xxh3 and file_map. The TypeScript wrappers in
 // src/pages/ validate every argument and turn failures into KemariError; the checks here are a second line so that
 // calling the binding directly can never read or write out of bounds (they throw TypeError/RangeError).
 //
@@ -16,7 +16,7 @@
 #include "page_delta.h"
 #include "page_gather.h"
 #include "page_scan.h"
-#include "xxh64.h"
+#include "xxh3.h"
 
 namespace {
 
@@ -140,11 +140,11 @@ Napi::Value ScanFingerprints(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), count);
 }
 
-// xxh64(data, seed) -> bigint
-Napi::Value Xxh64(const Napi::CallbackInfo& info) {
+// xxh3(data, seed) -> bigint
+Napi::Value Xxh3(const Napi::CallbackInfo& info) {
   const View data = GetBytes(info, 0, "data");
   const uint64_t seed = GetU64(info, 1, "seed");
-  return Napi::BigInt::New(info.Env(), kemari::Xxh64(data.data, data.bytes, seed));
+  return Napi::BigInt::New(info.Env(), kemari::Xxh3(data.data, data.bytes, seed));
 }
 
 // encodeDelta(oldPage, newPage, out, budgetBytes) -> length or -1
@@ -332,7 +332,7 @@ Napi::Value Unmap(const Napi::CallbackInfo& info) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("scanShadow", Napi::Function::New(env, ScanShadow, "scanShadow"));
   exports.Set("scanFingerprints", Napi::Function::New(env, ScanFingerprints, "scanFingerprints"));
-  exports.Set("xxh64", Napi::Function::New(env, Xxh64, "xxh64"));
+  exports.Set("xxh3", Napi::Function::New(env, Xxh3, "xxh3"));
   exports.Set("encodeDelta", Napi::Function::New(env, EncodeDelta, "encodeDelta"));
   exports.Set("encodeDeltaBatch", Napi::Function::New(env, EncodeDeltaBatch, "encodeDeltaBatch"));
   exports.Set("gatherPages", Napi::Function::New(env, GatherPages, "gatherPages"));
@@ -345,7 +345,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 #else
   exports.Set("sse42", Napi::Boolean::New(env, false));
 #endif
-  exports.Set("abiVersion", Napi::Number::New(env, 3));  // 2: encodeDeltaBatch; 3: gatherPages
+  exports.Set("abiVersion", Napi::Number::New(env, 4));  // 2: encodeDeltaBatch; 3: gatherPages; 4: xxh3 for xxh64
   return exports;
 }
 

@@ -3,7 +3,7 @@
 
 #include <cstring>
 
-#include "xxh64.h"  // Load64Le
+#include "load_le.h"
 
 namespace kemari {
 

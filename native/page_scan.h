@@ -21,7 +21,7 @@ uint32_t ScanShadow(const uint8_t* region, uint8_t* shadow, size_t page_bytes, s
                     uint32_t* changed_pages, uint8_t* zero_flags, bool update);
 
 /**
- * Like ScanShadow, against 8-byte fingerprints: `fingerprints` holds one XXH64(page, seed) per page as a host-order
+ * Like ScanShadow, against 8-byte fingerprints: `fingerprints` holds one XXH3-64(page, seed) per page as a host-order
  * uint64 (alignment not required). A page is changed when its fingerprint differs; with `update` the new
  * fingerprint is stored.
  */

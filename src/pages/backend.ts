@@ -15,7 +15,7 @@ export interface PagesBackend {
    * increasing page order; copies changed pages into `shadow` when `update`. Returns the changed count.
    */
   scanShadow(region: Uint8Array, pageBytes: number, shadow: Uint8Array, changedPages: Uint32Array, zeroFlags: Uint8Array, update: boolean): number;
-  /** Same against 8-byte XXH64 fingerprints (host-order uint64 per page); stores new ones when `update`. */
+  /** Same against 8-byte XXH3 fingerprints (host-order uint64 per page); stores new ones when `update`. */
   scanFingerprints(
     region: Uint8Array,
     pageBytes: number,
@@ -25,8 +25,8 @@ export interface PagesBackend {
     zeroFlags: Uint8Array,
     update: boolean,
   ): number;
-  /** XXH64 of `data` with `seed`. */
-  xxh64(data: Uint8Array, seed: bigint): bigint;
+  /** XXH3-64 of `data` with `seed` (XXH3_64bits_withSeed). */
+  xxh3(data: Uint8Array, seed: bigint): bigint;
   /** Encoded length (< budgetBytes), or -1 when the delta would need budgetBytes or more. */
   encodeDelta(oldPage: Uint8Array, newPage: Uint8Array, out: Uint8Array, budgetBytes: number): number;
   /**
@@ -78,4 +78,4 @@ export interface NativePagesBinding extends PagesBackend {
 }
 
 /** The abiVersion this TypeScript expects from native/addon.cc. */
-export const NATIVE_ABI_VERSION = 3;
+export const NATIVE_ABI_VERSION = 4;

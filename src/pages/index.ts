@@ -1,5 +1,5 @@
 /**
- * Pages: the changed-page scan (shadow copy or XXH64 fingerprints, zero pages flagged in the same pass), XOR deltas
+ * Pages: the changed-page scan (shadow copy or XXH3 fingerprints, zero pages flagged in the same pass), XOR deltas
  * with zero-run compression, and mmap of QEMU's shared memory file. Each is the kemari_pages addon (native/) when it
  * loaded and an identical TypeScript fallback otherwise; pagesImplementation() and mmapImplementation() say which.
  */

@@ -7,13 +7,13 @@ import { decodeDeltaJs, encodeDeltaBatchJs, encodeDeltaJs, validateDeltaJs } fro
 import { gatherPagesJs } from './gather-js.js';
 import { mmapFileJs, unmapJs } from './mmap-js.js';
 import { scanFingerprintsJs, scanShadowJs } from './scan-js.js';
-import { xxh64Js } from './xxh64.js';
+import { xxh3Js } from './xxh3.js';
 
 /** The pure-TypeScript backend. */
 export const jsBackend: PagesBackend = {
   scanShadow: scanShadowJs,
   scanFingerprints: scanFingerprintsJs,
-  xxh64: xxh64Js,
+  xxh3: xxh3Js,
   encodeDelta: encodeDeltaJs,
   encodeDeltaBatch: encodeDeltaBatchJs,
   gatherPages: gatherPagesJs,

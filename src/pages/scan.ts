@@ -9,9 +9,9 @@
  * Two kinds of reference, chosen by its type:
  * - shadow copy (a Uint8Array as long as the region): exact, reads twice the region's bytes, costs a second copy
  *   of guest memory; its pages are also the base of XOR deltas (delta.ts), since they are what the secondary has.
- * - fingerprints (a BigUint64Array of one XXH64 per page, or a Uint32Array of two words per page, in host byte
+ * - fingerprints (a BigUint64Array of one XXH3 per page, or a Uint32Array of two words per page, in host byte
  *   order): 8 bytes a page instead of a copy, reads the region once; a change is missed with probability 2^-64 per
- *   page, unless a guest crafts XXH64 collisions on purpose (pass a secret random `seed` per VM against that). A
+ *   page, unless a guest crafts XXH3 collisions on purpose (pass a secret random `seed` per VM against that). A
  *   fresh table of zeros reports every page on the first scan: the first epoch sends all of memory anyway.
  *
  * The caller's duties (the committed copy must describe exactly what the secondary holds):
@@ -40,7 +40,7 @@ export interface PageScanOutput {
 export interface PageScanOptions {
   /** Store the changed pages (shadow) or their new fingerprints in the reference. Default false. */
   update?: boolean;
-  /** XXH64 seed of fingerprint references; must be the one the table was built with. Default 0n. */
+  /** XXH3 seed of fingerprint references; must be the one the table was built with. Default 0n. */
   seed?: bigint;
 }
 

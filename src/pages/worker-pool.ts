@@ -49,7 +49,7 @@ export type PagesPoolOperation = 'scanShadow' | 'scanFingerprints' | 'encodeDelt
 /**
  * Bytes of pages an operation must cover before the pool hands it to its threads (region bytes for a scan, pages
  * times page size for a delta batch); below, the calling thread does it. Per operation because their costs per
- * byte differ by 25x (a native shadow scan runs at memory bandwidth, the TypeScript XXH64 at a few hundred MB/s).
+ * byte differ by an order of magnitude (a native scan runs at memory bandwidth, the TypeScript XXH3 at a few GB/s).
  */
 export type ParallelBytesMin = Record<PagesPoolOperation, number>;
 

@@ -15,7 +15,7 @@
  * loses nothing (the pages it updated stay marked). The memory also keeps the per-page CRC table of the state digest.
  *
  * Fingerprints mode (`changeDetection: 'fingerprints'`): a shared block (QEMU's RAM in a shared file, which the
- * stream does not carry) has no shadow at all, only one XXH64 a page with a random per-VM seed (0.2% of the block),
+ * stream does not carry) has no shadow at all, only one XXH3 a page with a random per-VM seed (0.2% of the block),
  * and its bytes are read from the file itself (a {@link SharedBlockSource}) by captures, reads and the digest,
  * which the VM's being stopped makes the last scan's bytes. The shadow then holds only the blocks the stream
  * carries (ROMs, BIOS: a few MiB), packed end to end, so the primary does not need a second guest's worth of RAM,
@@ -114,7 +114,7 @@ export class GuestMemory {
   private readonly byName: Map<string, Placement>;
   /** True when the shadow holds every block at its linear offset (no block kept outside it). */
   private readonly shadowIsLinear: boolean;
-  /** The XXH64 seed of the fingerprints: secret and random per VM, so a guest cannot aim at collisions. */
+  /** The XXH3 seed of the fingerprints: secret and random per VM, so a guest cannot aim at collisions. */
   private readonly seed: bigint;
   private readonly changed: Uint8Array;
   /**
@@ -294,8 +294,8 @@ export class GuestMemory {
 
   /**
    * {@link scanRange} of a range of a block kept outside the shadow (fingerprints mode) on `pool`'s threads: the
-   * fingerprinting of a large guest (XXH64 of every page, compute-bound) is split over the cores, shortening the
-   * pause it is part of. `region` must be readable by the threads (a mapping shared with pool.shareFile). Should the
+   * fingerprinting of a large guest (XXH3 of every page) is split over the cores and their memory bandwidth,
+   * shortening the pause it is part of. `region` must be readable by the threads (a mapping shared with pool.shareFile). Should the
    * pool fail an operation after its threads began (a thread crashed, a part failed), some fingerprints may have
    * moved on without their pages being marked: every page of the range is then marked changed (the next capture
    * sends them all) and the range is scanned again here. A pool that refuses before starting (closed, busy, every

@@ -17,7 +17,7 @@ export const SHARED_MEMORY_BACKEND_ID = 'mem';
 /**
  * How kemari finds the pages of the shared RAM file that changed since the last capture:
  * - `'shadow'`: against a copy of the file (as much memory again as the guest); exact, never misses a change.
- * - `'fingerprints'`: against one XXH64 of each page, with a random per-VM seed (8 bytes a page, 0.2% of the
+ * - `'fingerprints'`: against one XXH3 of each page, with a random per-VM seed (8 bytes a page, 0.2% of the
  *   guest), so the primary holds no copy of guest RAM: captures copy changed pages straight from the file while
  *   the VM is stopped. A change is missed only if a page's new contents hash like its old ones (2^-64 a page; the
  *   secret seed keeps a guest from aiming at that).

@@ -63,7 +63,7 @@ export interface QemuVmAttachOptions {
   /** Close `disk` with the VM. Default false. */
   ownsDisk?: boolean;
   /**
-   * Worker threads for the fingerprint scan of the shared RAM file (`changeDetection: 'fingerprints'`): XXH64 of
+   * Worker threads for the fingerprint scan of the shared RAM file (`changeDetection: 'fingerprints'`): XXH3 of
    * every page is compute-bound, so the threads shorten the pause of each capture. The pool is the caller's
    * (started and closed by it). Unused in shadow mode and without the native addon.
    */
@@ -85,7 +85,7 @@ export interface QemuVmLaunchOptions extends QemuMachineOptions {
   /** Start the guest stopped (`-S`); {@link QemuVm.resume} starts it. Default false. */
   startPaused?: boolean;
   /**
-   * Worker threads for the fingerprint scan of the shared RAM file (`changeDetection: 'fingerprints'`): XXH64 of
+   * Worker threads for the fingerprint scan of the shared RAM file (`changeDetection: 'fingerprints'`): XXH3 of
    * every page is compute-bound, so the threads shorten the pause of each capture. The pool is the caller's
    * (started and closed by it). Unused in shadow mode and without the native addon.
    */
@@ -108,7 +108,7 @@ export interface QemuVmAdoptOptions {
   /** True while the VM is stopped. */
   paused: boolean;
   /**
-   * Worker threads for the fingerprint scan of the shared RAM file (`changeDetection: 'fingerprints'`): XXH64 of
+   * Worker threads for the fingerprint scan of the shared RAM file (`changeDetection: 'fingerprints'`): XXH3 of
    * every page is compute-bound, so the threads shorten the pause of each capture. The pool is the caller's
    * (started and closed by it). Unused in shadow mode and without the native addon.
    */

@@ -83,7 +83,7 @@ export class SharedMemoryFile implements SharedBlockSource {
   private poolShared = false;
 
   /**
-   * Scans of the mapping go to `pool`'s threads from now on (used by fingerprints mode: XXH64 of every page is
+   * Scans of the mapping go to `pool`'s threads from now on (used by fingerprints mode: XXH3 of every page is
    * compute-bound, so threads shorten the pause; a shadow compare runs at memory speed and gains nothing, and the
    * pool keeps it on the calling thread by its measured thresholds). Only with the addon on both sides (the threads
    * map the file themselves); otherwise ignored.
