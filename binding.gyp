@@ -1,5 +1,5 @@
 {
-  # kemari_pages: the N-API addon of src/pages/ (changed-page scan, XXH64 fingerprints, XOR deltas, mmap).
+  # kemari_pages: the N-API addon of src/pages/ (changed-page scan, XXH3 fingerprints, XOR deltas, mmap).
   # Built at install by node-gyp-build (or `npm run build:native`); loaded by src/pages/native-binding.ts, which falls
   # back to the TypeScript implementation when the build is missing.
   "targets": [
