@@ -309,6 +309,10 @@ async function main(): Promise<void> {
     );
   }
   const [a, b, c] = rows.map((r) => r.epochs / r.seconds) as [number, number, number];
+  // Each round's (a) and (c) ran a minute apart: their ratio per round shows how much the host's loopback moved.
+  const rateOf = (r: EpochFigures): number => r.epochs / r.seconds;
+  const perRound = [0, 3].map((i) => `${(rateOf(runs[i + 2]!) / rateOf(runs[i]!)).toFixed(2)}x ((a) ${rateOf(runs[i]!).toFixed(0)}, (c) ${rateOf(runs[i + 2]!).toFixed(0)})`);
+  console.log(`per round, (c)/(a): ${perRound.join('; ')}`);
   const bytes = rows.map((r) => r.bytes / Math.max(1, r.epochs)) as [number, number, number];
   const ratio = c / a;
   console.log(
