@@ -20,6 +20,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "load_le.h"
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -68,23 +70,8 @@ alignas(64) inline constexpr uint8_t kSecret[kSecretBytes] = {
     0x45, 0xcb, 0x3a, 0x8f, 0x95, 0x16, 0x04, 0x28, 0xaf, 0xd7, 0xfb, 0xca, 0xbb, 0x4b, 0x40, 0x7e,
 };
 
-inline uint64_t Read64(const uint8_t* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-  v = __builtin_bswap64(v);
-#endif
-  return v;
-}
-
-inline uint32_t Read32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-  v = __builtin_bswap32(v);
-#endif
-  return v;
-}
+inline uint64_t Read64(const uint8_t* p) { return Load64Le(p); }
+inline uint32_t Read32(const uint8_t* p) { return Load32Le(p); }
 
 inline void Write64(uint8_t* p, uint64_t v) {
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
