@@ -4,10 +4,12 @@
  * doc/xxhash_spec.md) and checked against libxxhash's own values (test/fixtures/xxh3-vectors.json, written by
  * scripts/xxh3-vectors.py).
  *
- * Why XXH3: it is the page fingerprint of the changed-page scan. Like XXH64 (its predecessor there) it is a specified 64-bit
- * hash with reference values that JavaScript can reproduce exactly, but its long-input loop is eight independent
- * lanes of a 32 x 32 -> 64 bit multiply-add with no rotates: native code runs it on SIMD registers (SSE2, AVX2,
- * NEON) several times faster than XXH64, which matters when every page of guest RAM is hashed every epoch.
+ * Why XXH3: it is the page fingerprint of the changed-page scan. Like XXH64 (its predecessor there) it is a
+ * specified 64-bit hash with reference values that JavaScript can reproduce exactly, but its long-input loop is eight
+ * independent lanes of a 32 x 32 -> 64 bit multiply-add with no rotates: native code runs it on SIMD registers
+ * (native/xxh3.h: AVX2) at memory speed, about twice XXH64, which matters when every page of guest RAM is hashed
+ * every epoch. The constants (primes, the 192-byte default secret) are the specification's, as in native/xxh3.h:
+ * two implementations of one algorithm, kept equal by tests against libxxhash's values and against each other.
  *
  * How: 64-bit values are (hi, lo) pairs of int32, products assembled from Math.imul of 16-bit pieces, every value
  * kept an int32 with `| 0` (V8 keeps int32 in registers and as small integers; a uint32 above 2^31 stored outside a
