@@ -9,6 +9,7 @@
  * not the thread.
  */
 import { parentPort } from 'node:worker_threads';
+import { KemariError } from '../errors.js';
 import { activeBackend, pagesImplementation, pagesNativeLoadError } from './implementation.js';
 import type { EncodeJobMessage, FromWorker, ScanJobMessage, SharedRef, ToWorker } from './worker-protocol.js';
 
@@ -25,7 +26,8 @@ function bufferById(id: number): SharedArrayBuffer | ArrayBuffer {
   const buffer = buffers.get(id) ?? mappings.get(id);
   if (buffer !== undefined) return buffer;
   const failed = mappingErrors.get(id);
-  if (failed !== undefined) throw new Error(`shared file ${id} could not be mapped in this worker: ${failed}`);
+  // Not the caller's argument at fault but this thread (it has no addon, or the file went away): a worker failure.
+  if (failed !== undefined) throw new KemariError('KEMARI_WORKER_FAILED', `shared file ${id} could not be mapped in this worker: ${failed}`);
   throw new Error(`shared buffer ${id} was never registered with this worker`);
 }
 
@@ -84,6 +86,10 @@ port.on('message', (message: ToWorker) => {
       return;
     case 'file':
       try {
+        // Only a real MAP_SHARED mapping sees the file change: the fallback's "mapping" is a copy taken now, and
+        // scanning it later would report changed pages as unchanged. A thread that came up without the addon
+        // (respawned after a crash, say, while the pool was started native) refuses, and its scans of the file fail.
+        if (pagesImplementation() !== 'native') throw new Error(`this thread has no native mmap (pages ${pagesImplementation()}): it cannot map ${message.path}`);
         mappings.set(message.id, activeBackend.mmapFile(message.path, message.bytes));
       } catch (error) {
         mappingErrors.set(message.id, error instanceof Error ? error.message : String(error));

@@ -77,6 +77,30 @@ describe('PagesWorkerPool over a shared file mapping', () => {
     expect(pool.stats().workerCrashes).toBe(0);
   });
 
+  it('a thread respawned without the addon refuses the file: a copy would hide later changes, so its scans fail', async () => {
+    const pool = await PagesWorkerPool.start({ workers: 1, parallelBytesMin: 0 });
+    cleanups.push(() => pool.close());
+    const { path, mapping, poke } = mappedFile();
+    pool.shareFile(mapping, path);
+    const table = new BigUint64Array(new SharedArrayBuffer(PAGES * FINGERPRINT_BYTES));
+    const out = (): { changedPages: Uint32Array; zeroFlags: Uint8Array } => ({ changedPages: new Uint32Array(PAGES), zeroFlags: new Uint8Array(PAGES) });
+    expect(await pool.scanChangedPages(mapping, PAGE, table, out(), { update: true })).toBe(PAGES);
+    // The thread crashes; its replacement comes up on the TypeScript fallback (its "mapping" would be a snapshot).
+    process.env.KEMARI_PAGES_IMPLEMENTATION = 'js';
+    try {
+      pool.injectFault(0, 'exit');
+      await expect(pool.scanChangedPages(mapping, PAGE, table, out(), { update: true })).rejects.toMatchObject({ code: 'KEMARI_WORKER_FAILED' });
+      for (const deadline = Date.now() + 10_000; pool.stats().workerRestarts < 1; await new Promise((r) => setTimeout(r, 10))) {
+        if (Date.now() > deadline) throw new Error('the thread was not replaced');
+      }
+      await new Promise((r) => setTimeout(r, 200)); // the replacement is up and has been told of the file
+    } finally {
+      delete process.env.KEMARI_PAGES_IMPLEMENTATION;
+    }
+    poke(9 * PAGE, 0x5a); // a change a snapshot taken at the respawn would not see
+    await expect(pool.scanChangedPages(mapping, PAGE, table, out(), { update: true })).rejects.toMatchObject({ code: 'KEMARI_WORKER_FAILED' });
+  });
+
   it('a mapping that is not shared, or a pool on the fallback, is refused', async () => {
     const pool = await PagesWorkerPool.start({ workers: 1, parallelBytesMin: 0 });
     cleanups.push(() => pool.close());
