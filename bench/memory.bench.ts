@@ -161,6 +161,11 @@ class ScanningVm implements VmAdapter {
     return capture;
   }
 
+  /** Hands a pre-copied chunk back, so the next chunk reuses its buffer as in the bitmap mode. */
+  releasePrecopy(chunk: PrecopyChunk): void {
+    this.inner.releasePrecopy(chunk);
+  }
+
   /** Hands the inner VM's capture back, so its send buffer is reused as in the bitmap mode. */
   releaseCapture(capture: EpochCapture): void {
     const inner = this.innerOf.get(capture);

@@ -50,7 +50,7 @@ import type { PagesWorkerPool } from '../pages/worker-pool.js';
 import { pagesImplementation } from '../pages/implementation.js';
 import type { PagesImplementation } from '../pages/implementation.js';
 import type { Hello } from '../wire/bodies/hello.js';
-import type { EpochCapture } from '../vm/adapter.js';
+import type { EpochCapture, PrecopyChunk } from '../vm/adapter.js';
 import { mergeCaptures } from '../vm/merge-captures.js';
 import { realTimers } from '../time/timers.js';
 import type { TimerHandle, Timers } from '../time/timers.js';
@@ -573,6 +573,7 @@ export class Primary extends EventEmitter {
       this.connection = undefined;
       this.core.connectionLost();
       this.sendQueue.length = 0;
+      this.chunksWriting.length = 0;
       connection.close(error);
     }
     if (connection !== undefined && (previous === 'syncing' || previous === 'protected')) {
@@ -626,6 +627,7 @@ export class Primary extends EventEmitter {
     this.tap.discard(error ?? new KemariError('KEMARI_CLOSED', 'the primary was closed'));
     this.core.connectionLost();
     for (const resolve of this.drainWaiters.splice(0)) resolve();
+    this.chunksWriting.length = 0;
     const connection = this.connection;
     this.connection = undefined;
     if (connection !== undefined && this.closeAfterFlush) {
@@ -1022,10 +1024,12 @@ export class Primary extends EventEmitter {
         const chunk = await this.onVm(() => precopy({ all: round === 0, fromIndex: from, pagesMax: PRECOPY_CHUNK_PAGES }));
         if (!this.live(core)) return undefined;
         this.write(core.addPages(chunk.pages));
+        this.chunksWriting.push({ chunk, endBytes: this.bytesSent + this.queuedBytes() });
         roundPages += chunk.pages.length;
         fromIndex = chunk.nextIndex;
         await this.drained();
         if (!this.live(core)) return undefined;
+        this.releaseWrittenChunks();
       }
       staged += roundPages;
       // Stop when little is left, or before the receiver's page budget (the final capture may add a full guest).
@@ -1035,6 +1039,34 @@ export class Primary extends EventEmitter {
   }
 
   private drainWaiters: Array<() => void> = [];
+
+  /**
+   * Pre-copied chunks whose frames are queued or being written, oldest first, each with the count of bytes sent
+   * (this.bytesSent) by which its last frame is handed over.
+   */
+  private readonly chunksWriting: Array<{ chunk: PrecopyChunk; endBytes: number }> = [];
+
+  /** Bytes of the frames queued and not yet handed to the connection. */
+  private queuedBytes(): number {
+    let bytes = 0;
+    for (const frame of this.sendQueue) bytes += frame.header.byteLength + frame.bodyBytes;
+    return bytes;
+  }
+
+  /**
+   * Hands back to the VM the pre-copied chunks whose frames the connection has handed to the operating system (a
+   * Connection does not copy what it is given, and its `bufferedBytes` are what it has not handed over yet), so
+   * the next chunk reuses their buffers. Only on a live connection: a chunk of a lost session is left to the
+   * garbage collector.
+   */
+  private releaseWrittenChunks(): void {
+    const connection = this.connection;
+    if (connection === undefined || connection.closed) return;
+    const handedBytes = this.bytesSent - connection.bufferedBytes;
+    while (this.chunksWriting.length > 0 && this.chunksWriting[0]!.endBytes <= handedBytes) {
+      this.vm.releasePrecopy?.(this.chunksWriting.shift()!.chunk);
+    }
+  }
 
   /** Resolves once queued frames are handed to the connection and its buffer is below 1 MiB (or it is gone). */
   private drained(): Promise<void> {
@@ -1084,6 +1116,7 @@ export class Primary extends EventEmitter {
       for (const p of progress) this.emit('progress', p);
       if (!ok || this.connection !== connection) return;
     }
+    this.releaseWrittenChunks();
     if (connection.bufferedBytes < 1 << 20) for (const resolve of this.drainWaiters.splice(0)) resolve();
     if (this.closeAfterFlush) {
       this.closeAfterFlush = false;
@@ -1118,6 +1151,7 @@ export class Primary extends EventEmitter {
     this.stopTimers();
     this.core.connectionLost();
     this.sendQueue.length = 0;
+    this.chunksWriting.length = 0;
     this.fullSync = undefined;
     // Epochs sent on this session may never be applied: the secondary's copies are unknown from here on.
     this.deltaCache?.clear();

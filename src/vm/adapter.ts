@@ -91,4 +91,12 @@ export interface VmAdapter {
    * adapter returned; a capture never handed back is simply collected.
    */
   releaseCapture?(capture: EpochCapture): void;
+  /**
+   * Optional: takes back a pre-copied chunk whose frames the connection has handed to the operating system, so the
+   * adapter may copy the next chunk into its buffer. Without it a full sync leaves a guest's worth of chunk
+   * buffers to the garbage collector, and the allocator keeps much of that resident long after the sync. Called
+   * at most once per chunk, and only for chunks this adapter returned; a chunk never handed back is simply
+   * collected (a session that ended while it was being written).
+   */
+  releasePrecopy?(chunk: PrecopyChunk): void;
 }

@@ -13,7 +13,7 @@
  * pages in place.
  */
 import { KemariError } from '../errors.js';
-import type { EpochCapture } from './adapter.js';
+import type { EpochCapture, PrecopyChunk } from './adapter.js';
 
 /** Options of {@link CaptureBuffers}. */
 export interface CaptureBuffersOptions {
@@ -30,7 +30,7 @@ export class CaptureBuffers {
   private readonly free: ArrayBufferLike[] = [];
   private freeBytes = 0;
   private readonly lent = new WeakSet<ArrayBufferLike>();
-  private readonly sendOf = new WeakMap<EpochCapture, Uint8Array>();
+  private readonly sendOf = new WeakMap<EpochCapture | PrecopyChunk, Uint8Array>();
   private readonly buffersMax: number;
   private readonly freeBytesMax: number;
   /** Buffers allocated, and taken from the free list, since creation (for tests and stats). */
@@ -94,17 +94,29 @@ export class CaptureBuffers {
     this.freeBytes += buffer.byteLength;
   }
 
-  /** Records that `capture`'s pages live in `send` (a buffer from {@link take}), for {@link release}. */
-  own(capture: EpochCapture, send: Uint8Array): void {
-    if (send.length > 0) this.sendOf.set(capture, send);
+  /** Records that the pages of `owner` (a capture or a pre-copied chunk) live in `send` (from {@link take}), for {@link release}. */
+  own(owner: EpochCapture | PrecopyChunk, send: Uint8Array): void {
+    if (send.length > 0) this.sendOf.set(owner, send);
   }
 
-  /** Takes back the send buffer of a capture recorded with {@link own} (VmAdapter.releaseCapture); others are ignored. */
-  release(capture: EpochCapture): void {
-    const send = this.sendOf.get(capture);
+  /**
+   * Takes back the send buffer of a capture or chunk recorded with {@link own} (VmAdapter.releaseCapture,
+   * releasePrecopy); others are ignored.
+   */
+  release(owner: EpochCapture | PrecopyChunk): void {
+    const send = this.sendOf.get(owner);
     if (send === undefined) return;
-    this.sendOf.delete(capture);
+    this.sendOf.delete(owner);
     this.give(send);
+  }
+
+  /**
+   * Drops every free buffer (to the garbage collector): for a pool whose use is over for now, such as the
+   * pre-copy chunks once a full sync is done, whose buffers would otherwise stay resident until the next one.
+   */
+  trim(): void {
+    this.free.length = 0;
+    this.freeBytes = 0;
   }
 
   /** Free bytes held for reuse. */

@@ -244,6 +244,10 @@ export class SimulatedVm implements VmAdapter {
   private isPaused = false;
   /** Send buffers of captures, reused once the primary hands the capture back (releaseCapture). */
   private readonly captureBuffers = new CaptureBuffers();
+  /** Buffers of pre-copied chunks, reused chunk after chunk within a full sync (releasePrecopy), dropped after it. */
+  private readonly precopyBuffers = new CaptureBuffers();
+  /** True from a pre-copy until the capture that ends the full sync: chunk buffers handed back are kept for reuse. */
+  private precopying = false;
   private readonly counters: SimulatedVmStats = { writes: 0, pagesDirtied: 0, diskWrites: 0, captures: 0, pagesCaptured: 0 };
 
   /**
@@ -559,6 +563,9 @@ export class SimulatedVm implements VmAdapter {
     this.counters.pagesCaptured += count;
     const capture: EpochCapture = { full, pages, devices, diskWrites, stateDigest };
     this.captureBuffers.own(capture, send);
+    // Whatever pre-copy came before is over: its free chunk buffers go, and chunks handed back later are not kept.
+    this.precopying = false;
+    this.precopyBuffers.trim();
     return capture;
   }
 
@@ -580,7 +587,8 @@ export class SimulatedVm implements VmAdapter {
       if (all || this.dirty[index] !== 0) chosen.push(index);
     }
     const indices = Uint32Array.from(chosen);
-    const pages = this.copyPages(indices);
+    this.precopying = true;
+    const { pages, send } = copyPages(this.memory, this.pageBytes, indices, (i) => this.isZeroPage(i), (bytes) => this.precopyBuffers.take(bytes, false));
     for (const page of chosen) {
       if (this.dirty[page] !== 0) this.dirty[page] = 0;
     }
@@ -588,12 +596,15 @@ export class SimulatedVm implements VmAdapter {
       const cleared = new Set(chosen);
       this.dirtyList = this.dirtyList.filter((page) => !cleared.has(page));
     }
-    return { pages, nextIndex: index < this.pageCount ? index : undefined };
+    const chunk: PrecopyChunk = { pages, nextIndex: index < this.pageCount ? index : undefined };
+    this.precopyBuffers.own(chunk, send);
+    return chunk;
   }
 
-  /** Copies the pages at `indices` (sorted) into one new send buffer; all-zero pages become ZERO pages. */
-  private copyPages(indices: Uint32Array): Page[] {
-    return copyPages(this.memory, this.pageBytes, indices, (index) => this.isZeroPage(index)).pages;
+  /** Takes back a pre-copied chunk's buffer for the next chunk of the same full sync (see VmAdapter.releasePrecopy). */
+  releasePrecopy(chunk: PrecopyChunk): void {
+    this.precopyBuffers.release(chunk);
+    if (!this.precopying) this.precopyBuffers.trim();
   }
 
   /** The non-zero extents of every disk, as copies in DISK_DIGEST_BLOCK_BYTES granules (for a full capture). */

@@ -465,4 +465,36 @@ describe('pre-copy', () => {
     vm.pause();
     expect(vm.capture({ full: false, digest: false }).pages).toEqual([]); // nothing left for the final capture
   });
+
+  it('a chunk handed back lends its buffer to the next chunk of the same sync, and none is kept after the final capture', () => {
+    const vm = new SimulatedVm({ memoryBytes: 64 * 4096, disks: [] });
+    for (let page = 0; page < 64; page++) vm.write(page * 4096, Uint8Array.of(page + 1)); // no zero pages
+    const first = vm.precopy({ all: true, fromIndex: 0, pagesMax: 16 });
+    const second = vm.precopy({ all: true, fromIndex: 16, pagesMax: 16 });
+    // Not handed back: the next chunk has a buffer of its own.
+    expect(second.pages[0]!.data.buffer).not.toBe(first.pages[0]!.data.buffer);
+    const firstBuffer = first.pages[0]!.data.buffer;
+    vm.releasePrecopy(first);
+    const third = vm.precopy({ all: true, fromIndex: 32, pagesMax: 16 });
+    expect(third.pages[0]!.data.buffer).toBe(firstBuffer);
+    // The reused buffer holds the third chunk's pages, each its own copy.
+    expect(third.pages.map((p) => p.data[0])).toEqual(Array.from({ length: 16 }, (_, k) => 33 + k));
+    vm.releasePrecopy(first); // twice: ignored, the buffer is the third chunk's
+    const fourth = vm.precopy({ all: true, fromIndex: 48, pagesMax: 16 });
+    expect(fourth.pages[0]!.data.buffer).not.toBe(firstBuffer);
+    expect(third.pages[0]!.data[0]).toBe(33);
+    // The sync ends with the final capture: chunks handed back from then on are not kept for a later sync.
+    vm.releasePrecopy(second); // free before the final capture
+    vm.pause();
+    vm.capture({ full: false, digest: false });
+    vm.resume();
+    const next = vm.precopy({ all: true, fromIndex: 0, pagesMax: 16 });
+    expect(next.pages[0]!.data.buffer).not.toBe(second.pages[0]!.data.buffer);
+    vm.pause();
+    vm.capture({ full: false, digest: false });
+    vm.resume();
+    vm.releasePrecopy(third); // handed back after the final capture
+    const later = vm.precopy({ all: true, fromIndex: 0, pagesMax: 16 });
+    expect(later.pages[0]!.data.buffer).not.toBe(firstBuffer);
+  });
 });
