@@ -95,6 +95,13 @@ export function layoutBlocks(blocks: readonly RamBlockInfo[], sharedNames: Reado
   });
 }
 
+/**
+ * How {@link GuestMemory.scanRangeOn} went: `'threads'`, the pool scanned the range; `'here'`, the calling thread
+ * did (the pool refused before starting, or the range keeps no fingerprints); `'failed'`, the pool failed after its
+ * threads began, so every page of the range was marked changed and the range scanned again here.
+ */
+export type PooledScanOutcome = 'threads' | 'here' | 'failed';
+
 /** The linear guest memory with its shadow copy (or fingerprints) and change marks; see the module comment. */
 export class GuestMemory {
   /** The blocks, in stream order. */
@@ -299,16 +306,17 @@ export class GuestMemory {
    * pool fail an operation after its threads began (a thread crashed, a part failed), some fingerprints may have
    * moved on without their pages being marked: every page of the range is then marked changed (the next capture
    * sends them all) and the range is scanned again here. A pool that refuses before starting (closed, busy, every
-   * thread lost) costs nothing: the range is scanned here. Other ranges take {@link scanRange}.
+   * thread lost) costs nothing: the range is scanned here. Other ranges take {@link scanRange}. Says how it went,
+   * so a caller can stop handing scans to a pool that keeps failing them.
    */
-  async scanRangeOn(pool: PagesWorkerPool, offsetBytes: number, region: Uint8Array): Promise<void> {
+  async scanRangeOn(pool: PagesWorkerPool, offsetBytes: number, region: Uint8Array): Promise<PooledScanOutcome> {
     this.checkRange(offsetBytes, region.byteLength);
-    if (region.byteLength === 0) return;
+    if (region.byteLength === 0) return 'here';
     const first = offsetBytes / PAGE_BYTES;
     const placement = this.placementOfPage(first);
     if (placement.fingerprints === undefined) {
       this.scanRange(offsetBytes, region);
-      return;
+      return 'here';
     }
     const fingerprints = this.fingerprintsOf(placement, offsetBytes, region.byteLength);
     const pageCount = region.byteLength / PAGE_BYTES;
@@ -316,7 +324,7 @@ export class GuestMemory {
     if (pool.stats().failure !== undefined) {
       // A pool that lost every thread refuses before touching anything: scan here, as without a pool.
       this.scanRange(offsetBytes, region);
-      return;
+      return 'here';
     }
     let count: number;
     try {
@@ -333,9 +341,10 @@ export class GuestMemory {
         }
       }
       this.scanRange(offsetBytes, region);
-      return;
+      return untouched ? 'here' : 'failed';
     }
     this.markScanned(first, out, count);
+    return 'threads';
   }
 
   /** The fingerprints of the pages of a range inside a block kept outside the shadow. */

@@ -138,6 +138,13 @@ export interface QemuVmStats {
   shadowBytes: number;
   /** Bytes of the page fingerprints of the shared RAM block (8 a page with `'fingerprints'`, else 0). */
   fingerprintBytes: number;
+  /** Scans of the shared RAM file that `pagesPool` failed after its threads began: each sent the whole block. */
+  poolScanFailures: number;
+  /**
+   * True once scans of the shared RAM file stopped using `pagesPool` (it was closed, or failed two scans in a row):
+   * they run on the calling thread from then on.
+   */
+  poolDropped: boolean;
 }
 
 const EMPTY = new Uint8Array(0);
@@ -169,7 +176,7 @@ export class QemuVm implements VmAdapter {
   private closed = false;
   /** Send buffers of captures, reused once the primary hands the capture back (releaseCapture). */
   private readonly captureBuffers = new CaptureBuffers();
-  private readonly counters: Omit<QemuVmStats, 'shadowBytes' | 'fingerprintBytes'> = {
+  private readonly counters: Omit<QemuVmStats, 'shadowBytes' | 'fingerprintBytes' | 'poolScanFailures' | 'poolDropped'> = {
     captures: 0,
     pagesCaptured: 0,
     streams: 0,
@@ -371,7 +378,13 @@ export class QemuVm implements VmAdapter {
 
   /** Counters and timings (a copy), and the bytes held to find changed pages. */
   stats(): QemuVmStats {
-    return { ...this.counters, shadowBytes: this.memory.shadowBytes, fingerprintBytes: this.memory.fingerprintBytes };
+    return {
+      ...this.counters,
+      shadowBytes: this.memory.shadowBytes,
+      fingerprintBytes: this.memory.fingerprintBytes,
+      poolScanFailures: this.sharedFile?.poolFailures ?? 0,
+      poolDropped: this.sharedFile?.poolDropped ?? false,
+    };
   }
 
   /** QMP `stop`: its reply comes once the vCPUs stopped and block I/O drained. */

@@ -21,6 +21,12 @@ import type { GuestMemory, GuestRamBlock, SharedBlockSource } from './guest-memo
 /** Bytes read per request while scanning the file (4 MiB). */
 const SCAN_CHUNK_BYTES = 4 << 20;
 
+/**
+ * Pooled scans that may fail in a row (each marks the whole block changed) before the file stops using the pool:
+ * one failure may be a thread that crashed and was replaced; a second in a row is taken as lasting.
+ */
+const POOL_FAILURES_IN_ROW_MAX = 2;
+
 /** An open shared memory file; see the module comment. */
 export class SharedMemoryFile implements SharedBlockSource {
   private readonly scratch = Buffer.allocUnsafeSlow(SCAN_CHUNK_BYTES);
@@ -66,8 +72,17 @@ export class SharedMemoryFile implements SharedBlockSource {
       // Compared in place: the file mapped once (MAP_SHARED sees every write QEMU makes), one native scan a capture,
       // split over a worker pool's threads when one is given (each maps the file itself).
       const pool = this.sharedWithPool(mapping);
-      if (pool !== undefined) await memory.scanRangeOn(pool, block.offsetBytes, mapping);
-      else memory.scanRange(block.offsetBytes, mapping);
+      if (pool === undefined) {
+        memory.scanRange(block.offsetBytes, mapping);
+        return;
+      }
+      const outcome = await memory.scanRangeOn(pool, block.offsetBytes, mapping);
+      if (outcome === 'threads') this.poolFailuresInRow = 0;
+      if (outcome === 'failed') {
+        this.poolFailures += 1;
+        this.poolFailuresInRow += 1;
+        if (this.poolFailuresInRow >= POOL_FAILURES_IN_ROW_MAX) this.dropPool();
+      }
       return;
     }
     for (let position = 0; position < this.sizeBytes; position += SCAN_CHUNK_BYTES) {
@@ -86,21 +101,51 @@ export class SharedMemoryFile implements SharedBlockSource {
    * Scans of the mapping go to `pool`'s threads from now on (used by fingerprints mode: XXH3 of every page is
    * compute-bound, so threads shorten the pause; a shadow compare runs at memory speed and gains nothing, and the
    * pool keeps it on the calling thread by its measured thresholds). Only with the addon on both sides (the threads
-   * map the file themselves); otherwise ignored.
+   * map the file themselves); otherwise ignored. The file stops using the pool when it is closed, or after
+   * {@link POOL_FAILURES_IN_ROW_MAX} scans in a row failed after the threads began ({@link poolDropped}).
    */
   usePool(pool: PagesWorkerPool): void {
     this.pool = pool;
   }
 
-  /** The pool the mapping is shared with, sharing it on first use; undefined when scans stay on this thread. */
+  /** Pooled scans that failed after the threads began (each sent the whole block), since the file was opened. */
+  poolFailures = 0;
+  private poolFailuresInRow = 0;
+
+  /** True once the file stopped handing scans to its pool (a closed pool, or failures in a row): see {@link usePool}. */
+  get poolDropped(): boolean {
+    return this.dropped;
+  }
+  private dropped = false;
+
+  /**
+   * The pool the mapping is shared with, sharing it on first use; undefined when scans stay on this thread. A pool
+   * that cannot take the file (closed meanwhile) is dropped: the scan runs here, as without one.
+   */
   private sharedWithPool(mapping: Uint8Array): PagesWorkerPool | undefined {
     const pool = this.pool;
     if (pool === undefined || pool.implementation !== 'native') return undefined;
     if (!this.poolShared) {
-      pool.shareFile(mapping, this.path);
+      try {
+        pool.shareFile(mapping, this.path);
+      } catch {
+        this.dropPool();
+        return undefined;
+      }
       this.poolShared = true;
     }
     return pool;
+  }
+
+  /**
+   * Scans stay on this thread from now on. A pool whose scans of the file keep failing after they began (a thread
+   * that cannot map the file, say) would otherwise make every capture send the whole block.
+   */
+  private dropPool(): void {
+    if (this.mapping !== undefined && this.poolShared) this.pool?.unshareFile(this.mapping);
+    this.poolShared = false;
+    this.pool = undefined;
+    this.dropped = true;
   }
 
   /**
