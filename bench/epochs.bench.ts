@@ -5,9 +5,13 @@
  * own core, as a standby host would be). Epochs run back to back (pipeline depth 2, one guest step between two
  * captures), and each configuration is measured twice, interleaved with the others, in fresh processes:
  *
- *   (a) no delta: every dirty page goes RAW (the page backend plays no part);
- *   (b) delta, TypeScript fallback forced (KEMARI_PAGES_IMPLEMENTATION=js on both sides);
- *   (c) delta, native kemari_pages addon.
+ *   (a) neither: no delta (every dirty page goes RAW), TypeScript fallback forced (KEMARI_PAGES_IMPLEMENTATION=js
+ *       on both sides; the capture's page gathering is then TypeScript's);
+ *   (b) delta alone: delta, TypeScript fallback forced;
+ *   (c) both: delta, native kemari_pages addon;
+ *   (d) the addon alone: no delta, native addon (it gathers the captured pages).
+ *
+ * The issue's goal compares (c) with (a): "with and without the addon and delta frames".
  *
  * Printed per configuration: epochs per second, wire bytes per epoch, pages sent as deltas, checkpoint pause,
  * commit latency and the guest's own work per epoch (the Workload runs on the primary's thread here, where a real
@@ -61,6 +65,8 @@ interface EpochFigures {
 }
 
 type Config = 'none' | 'delta';
+/** Configurations measured per round: (a) to (d). */
+const CONFIGS = 4;
 
 const role = process.argv[2];
 const send = (m: unknown): void => void process.send?.(m);
@@ -279,17 +285,19 @@ async function main(): Promise<void> {
   const jsEnv = { ...process.env, KEMARI_PAGES_IMPLEMENTATION: 'js' };
   const nativeEnv = { ...process.env };
   delete nativeEnv.KEMARI_PAGES_IMPLEMENTATION;
-  // Each configuration twice, interleaved (a b c a b c), its two runs pooled: the host's speed drifts over a run.
+  // Each configuration twice, interleaved (a b c d a b c d), its two runs pooled: the host's speed drifts over a run.
   const runs: Array<EpochFigures & { label: string }> = [];
   for (let round = 0; round < 2; round++) {
     await sampleRaw();
-    runs.push(await measure('(a) no delta', 'none', nativeEnv));
+    runs.push(await measure('(a) neither (JS, no delta)', 'none', jsEnv));
     await sampleRaw();
     runs.push(await measure('(b) delta, JS fallback', 'delta', jsEnv));
     await sampleRaw();
     runs.push(await measure('(c) delta, native addon', 'delta', nativeEnv));
+    await sampleRaw();
+    runs.push(await measure('(d) addon, no delta', 'none', nativeEnv));
   }
-  const rows = [0, 1, 2].map((i) => pool(runs[i]!, runs[i + 3]!));
+  const rows = [0, 1, 2, 3].map((i) => pool(runs[i]!, runs[i + CONFIGS]!));
   const gbps = (bytesPerSecond: number): string => (bytesPerSecond / 1e9).toFixed(2);
   console.log(
     `raw node:net loopback: ${gbps(rawBytesPerSecond)} GB/s, the best of ${rawSamples.length} transfers of ${rawBytes >> 20} MiB (all: ${rawSamples.map(gbps).join(', ')}); the bandwidth limit below`,
@@ -308,15 +316,15 @@ async function main(): Promise<void> {
         `${(r.latencyP50Ms.toFixed(2) + ' ms').padStart(11)} ${(r.guestMsPerEpoch.toFixed(2) + ' ms').padStart(12)} ${bound.toFixed(0).padStart(19)} ${((100 * rate) / bound).toFixed(1).padStart(8)}`,
     );
   }
-  const [a, b, c] = rows.map((r) => r.epochs / r.seconds) as [number, number, number];
+  const [a, b, c, d] = rows.map((r) => r.epochs / r.seconds) as [number, number, number, number];
   // Each round's (a) and (c) ran a minute apart: their ratio per round shows how much the host's loopback moved.
   const rateOf = (r: EpochFigures): number => r.epochs / r.seconds;
-  const perRound = [0, 3].map((i) => `${(rateOf(runs[i + 2]!) / rateOf(runs[i]!)).toFixed(2)}x ((a) ${rateOf(runs[i]!).toFixed(0)}, (c) ${rateOf(runs[i + 2]!).toFixed(0)})`);
+  const perRound = [0, CONFIGS].map((i) => `${(rateOf(runs[i + 2]!) / rateOf(runs[i]!)).toFixed(2)}x ((a) ${rateOf(runs[i]!).toFixed(0)}, (c) ${rateOf(runs[i + 2]!).toFixed(0)})`);
   console.log(`per round, (c)/(a): ${perRound.join('; ')}`);
-  const bytes = rows.map((r) => r.bytes / Math.max(1, r.epochs)) as [number, number, number];
+  const bytes = rows.map((r) => r.bytes / Math.max(1, r.epochs)) as [number, number, number, number];
   const ratio = c / a;
   console.log(
-    `ratios: epochs/s (c)/(a) ${ratio.toFixed(2)}x, (c)/(b) ${(c / b).toFixed(2)}x, (b)/(a) ${(b / a).toFixed(2)}x; ` +
+    `ratios: epochs/s (c)/(a) ${ratio.toFixed(2)}x, (c)/(b) ${(c / b).toFixed(2)}x, (b)/(a) ${(b / a).toFixed(2)}x, (d)/(a) ${(d / a).toFixed(2)}x, (c)/(d) ${(c / d).toFixed(2)}x; ` +
       `bytes/epoch (a)/(c) ${(bytes[0] / bytes[2]).toFixed(1)}x smaller with deltas`,
   );
   const share = (i: number): number => (100 * rows[i]!.epochs) / rows[i]!.seconds / (rawBytesPerSecond / bytes[i]!);
@@ -331,13 +339,13 @@ async function main(): Promise<void> {
     const projected = rows.map((r, i) => Math.min(r.epochs / r.seconds, link / bytes[i]!));
     console.log(
       `projection (not measured) on a ${gbps} Gb/s link: epochs/s min(measured, link / bytes per epoch): ` +
-        `(a) ${projected[0]!.toFixed(0)}, (b) ${projected[1]!.toFixed(0)}, (c) ${projected[2]!.toFixed(0)}; (c)/(a) ${(projected[2]! / projected[0]!).toFixed(2)}x`,
+        `(a) ${projected[0]!.toFixed(0)}, (b) ${projected[1]!.toFixed(0)}, (c) ${projected[2]!.toFixed(0)}, (d) ${projected[3]!.toFixed(0)}; (c)/(a) ${(projected[2]! / projected[0]!).toFixed(2)}x`,
     );
   }
   // Measured: the same two configurations over a 1 Gb/s link (a relay in the secondary's process paces the
   // primary-to-secondary direction), where bytes rather than CPU bound the rate, as between two hosts.
   const linkBytesPerSecond = 1e9 / 8;
-  const onLink = [await measure('(a) no delta, 1 Gb/s link', 'none', nativeEnv, linkBytesPerSecond), await measure('(c) delta, native, 1 Gb/s link', 'delta', nativeEnv, linkBytesPerSecond)];
+  const onLink = [await measure('(a) neither, 1 Gb/s link', 'none', jsEnv, linkBytesPerSecond), await measure('(c) delta, native, 1 Gb/s link', 'delta', nativeEnv, linkBytesPerSecond)];
   for (const r of onLink) {
     console.log(
       `measured on a 1 Gb/s paced link: ${r.label.padEnd(32)} ${(r.epochs / r.seconds).toFixed(0).padStart(6)} epochs/s, ` +
