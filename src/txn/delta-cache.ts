@@ -18,8 +18,9 @@
  * is created `shared`, the VM's capture buffers must be too, else the batch stays on the calling thread); should the
  * pool fail the batch (a crashed thread, a closed pool), the calling thread encodes it.
  *
- * Bounded: at most `cacheBytesMax` of page copies, plus the scratch of the largest epoch's deltas (half a page a
- * page), reused from epoch to epoch.
+ * Bounded: at most `cacheBytesMax` of page copies, plus a scratch reused from epoch to epoch: one window of
+ * {@link DELTA_WINDOW_PAGES} pages' deltas (half a page a page) on the calling thread; the largest batch handed to
+ * a pool's threads, which write each page's delta at its own place.
  */
 import { KemariError } from '../errors.js';
 import { encodeDelta, encodeDeltaBatch } from '../pages/delta.js';
@@ -61,6 +62,22 @@ interface Plan {
   /** The batch: the page views and their slots. */
   views: Uint8Array[];
   slots: number[];
+}
+
+/**
+ * Pages encoded on the calling thread per window: the scratch holds one window's deltas (half a page a page, so
+ * 512 KiB), not a whole epoch's, however large the epoch.
+ */
+export const DELTA_WINDOW_PAGES = 256;
+
+const EMPTY: Uint8Array = new Uint8Array(0);
+
+/** An encoded batch: each page's delta length (0 unchanged, -1 too large), and the packed deltas window by window. */
+interface Encoded {
+  lengths: Int32Array;
+  /** Window w holds the deltas of batch pages [w * windowPages, (w + 1) * windowPages), packed in batch order. */
+  deltas: Uint8Array[];
+  windowPages: number;
 }
 
 export class DeltaCache {
@@ -115,8 +132,7 @@ export class DeltaCache {
    */
   encode(pages: readonly Page[]): DeltaEncoding {
     const plan = this.plan(pages);
-    const { lengths, total } = this.encodeBatch(plan);
-    return this.finish(pages, plan, lengths, total, false);
+    return this.finish(pages, plan, this.encodeBatch(plan), false);
   }
 
   /**
@@ -128,8 +144,7 @@ export class DeltaCache {
     const plan = this.plan(pages);
     const n = plan.views.length;
     if (pool === undefined || !this.shared || n < 2 || n * this.pageBytes < pool.parallelBytesMin.encodeDeltas || !plan.views.every(isShared)) {
-      const { lengths, total } = this.encodeBatch(plan);
-      return this.finish(pages, plan, lengths, total, false);
+      return this.finish(pages, plan, this.encodeBatch(plan), false);
     }
     const budget = this.budgetBytes;
     this.reserve(n);
@@ -142,8 +157,7 @@ export class DeltaCache {
     } catch {
       // A crashed thread, a full queue, a closed or failed pool: the pool rejects only once no thread touches the
       // scratch any more, and the threads never write the copies, so this thread encodes the batch instead.
-      const here = this.encodeBatch(plan);
-      return this.finish(pages, plan, here.lengths, here.total, false);
+      return this.finish(pages, plan, this.encodeBatch(plan), false);
     }
     // The threads wrote delta k at k * budget: pack them (in place, moving left), and update the copies.
     let total = 0;
@@ -155,7 +169,8 @@ export class DeltaCache {
         total += length;
       }
     }
-    return this.finish(pages, plan, lengths, total, true);
+    // One window of the whole batch: the deltas leave in frames that outlive this call, an exact copy of them.
+    return this.finish(pages, plan, { lengths, deltas: [total === 0 ? EMPTY : out.slice(0, total)], windowPages: n }, true);
   }
 
   /** Half a page: a delta must be smaller to be worth sending instead of the page. */
@@ -185,59 +200,69 @@ export class DeltaCache {
   }
 
   /**
-   * Encodes the batch on this thread: one encodeDeltaBatch call per run of pages that are page-aligned views of
-   * one buffer (a capture's send buffer: usually the whole batch), one encodeDelta call for any other page.
+   * Encodes the batch on this thread, window by window of {@link DELTA_WINDOW_PAGES} pages (so the scratch stays
+   * small whatever the epoch), each window's deltas copied out exactly: one encodeDeltaBatch call per run of pages
+   * that are page-aligned views of one buffer (a capture's send buffer: usually the whole window), one encodeDelta
+   * call for any other page.
    */
-  private encodeBatch(plan: Plan): { lengths: Int32Array; total: number } {
+  private encodeBatch(plan: Plan): Encoded {
     const n = plan.views.length;
     const pageBytes = this.pageBytes;
     const budget = this.budgetBytes;
-    this.reserve(n);
+    const windowPages = Math.min(n, DELTA_WINDOW_PAGES);
+    this.reserve(windowPages, n);
     const slab = this.slab!;
     const lengths = this.lengths.subarray(0, n);
-    const pageIndices = new Uint32Array(n);
-    const baseIndices = new Uint32Array(n);
-    let total = 0;
-    for (let k = 0; k < n; ) {
-      const view = plan.views[k]!;
-      if (view.byteOffset % pageBytes !== 0 || view.length !== pageBytes) {
-        const base = slab.subarray(plan.slots[k]! * pageBytes, (plan.slots[k]! + 1) * pageBytes);
-        const length = encodeDelta(base, view, this.scratch.subarray(total, total + budget), budget);
-        lengths[k] = length;
-        if (length !== 0) base.set(view);
-        if (length > 0) total += length;
-        k += 1;
-        continue;
+    const pageIndices = new Uint32Array(windowPages);
+    const baseIndices = new Uint32Array(windowPages);
+    const deltas: Uint8Array[] = [];
+    for (let from = 0; from < n; from += DELTA_WINDOW_PAGES) {
+      const end = Math.min(n, from + DELTA_WINDOW_PAGES);
+      let total = 0;
+      for (let k = from; k < end; ) {
+        const view = plan.views[k]!;
+        if (view.byteOffset % pageBytes !== 0 || view.length !== pageBytes) {
+          const base = slab.subarray(plan.slots[k]! * pageBytes, (plan.slots[k]! + 1) * pageBytes);
+          const length = encodeDelta(base, view, this.scratch.subarray(total, total + budget), budget);
+          lengths[k] = length;
+          if (length !== 0) base.set(view);
+          if (length > 0) total += length;
+          k += 1;
+          continue;
+        }
+        const buffer = view.buffer;
+        let j = k;
+        for (; j < end; j++) {
+          const v = plan.views[j]!;
+          if (v.buffer !== buffer || v.byteOffset % pageBytes !== 0 || v.length !== pageBytes) break;
+          pageIndices[j - k] = v.byteOffset / pageBytes;
+          baseIndices[j - k] = plan.slots[j]!;
+        }
+        const region = new Uint8Array(buffer, 0, Math.floor(buffer.byteLength / pageBytes) * pageBytes);
+        const count = j - k;
+        total += encodeDeltaBatch(region, pageIndices, slab, baseIndices, pageBytes, this.scratch.subarray(total, total + count * budget), lengths.subarray(k, j), {
+          count,
+          budgetBytes: budget,
+          updateBases: true,
+        });
+        k = j;
       }
-      const buffer = view.buffer;
-      let j = k;
-      for (; j < n; j++) {
-        const v = plan.views[j]!;
-        if (v.buffer !== buffer || v.byteOffset % pageBytes !== 0 || v.length !== pageBytes) break;
-        pageIndices[j - k] = v.byteOffset / pageBytes;
-        baseIndices[j - k] = plan.slots[j]!;
-      }
-      const region = new Uint8Array(buffer, 0, Math.floor(buffer.byteLength / pageBytes) * pageBytes);
-      const count = j - k;
-      total += encodeDeltaBatch(region, pageIndices, slab, baseIndices, pageBytes, this.scratch.subarray(total, total + count * budget), lengths.subarray(k, j), {
-        count,
-        budgetBytes: budget,
-        updateBases: true,
-      });
-      k = j;
+      // The deltas leave in frames that outlive this call: an exact copy of the window's packed scratch.
+      deltas.push(total === 0 ? EMPTY : this.scratch.slice(0, total));
     }
-    return { lengths, total };
+    return { lengths, deltas, windowPages: DELTA_WINDOW_PAGES };
   }
 
-  /** The pages to send, in the epoch's order, with the deltas copied out of the scratch; new pages remembered. */
-  private finish(pages: readonly Page[], plan: Plan, lengths: Int32Array, total: number, parallel: boolean): DeltaEncoding {
+  /** The pages to send, in the epoch's order, with the deltas of `encoded`; new pages remembered. */
+  private finish(pages: readonly Page[], plan: Plan, encoded: Encoded, parallel: boolean): DeltaEncoding {
     const pageBytes = this.pageBytes;
-    // The deltas leave in frames that outlive this call: one exact copy of the packed scratch.
-    const deltas = total === 0 ? new Uint8Array(0) : this.scratch.slice(0, total);
+    const { lengths, deltas, windowPages } = encoded;
     const sent: Page[] = [];
     let deltaPages = 0;
     let unchangedPages = 0;
     let savedBytes = 0;
+    let window = -1;
+    let windowDeltas = EMPTY;
     let at = 0;
     for (let i = 0; i < pages.length; i++) {
       const page = pages[i]!;
@@ -247,12 +272,18 @@ export class DeltaCache {
         sent.push(page);
         continue;
       }
+      // Batch order is page order: the windows come one after the other.
+      if (Math.floor(k / windowPages) !== window) {
+        window = Math.floor(k / windowPages);
+        windowDeltas = deltas[window]!;
+        at = 0;
+      }
       const length = lengths[k]!;
       if (length === 0) {
         unchangedPages += 1;
         savedBytes += pageBytes;
       } else if (length > 0) {
-        sent.push({ index: page.index, kind: PageKind.DELTA, data: deltas.subarray(at, at + length) });
+        sent.push({ index: page.index, kind: PageKind.DELTA, data: windowDeltas.subarray(at, at + length) });
         at += length;
         deltaPages += 1;
         savedBytes += pageBytes - length;
@@ -263,8 +294,8 @@ export class DeltaCache {
     return { pages: sent, deltaPages, unchangedPages, savedBytes, parallel };
   }
 
-  /** Makes the slab exist and the scratch hold a batch of `n` pages. */
-  private reserve(n: number): void {
+  /** Makes the slab exist, the scratch hold the deltas of `n` pages and the lengths `lengthsCount` (default `n`). */
+  private reserve(n: number, lengthsCount = n): void {
     if (this.slab === undefined && this.slotsMax > 0) {
       const bytes = this.slotsMax * this.pageBytes;
       this.slab = this.shared ? new Uint8Array(new SharedArrayBuffer(bytes)) : new Uint8Array(bytes);
@@ -273,7 +304,7 @@ export class DeltaCache {
     }
     const scratchBytes = n * this.budgetBytes;
     if (this.scratch.length < scratchBytes) this.scratch = this.shared ? new Uint8Array(new SharedArrayBuffer(scratchBytes)) : new Uint8Array(scratchBytes);
-    if (this.lengths.length < n) this.lengths = this.shared ? new Int32Array(new SharedArrayBuffer(4 * n)) : new Int32Array(n);
+    if (this.lengths.length < lengthsCount) this.lengths = this.shared ? new Int32Array(new SharedArrayBuffer(4 * lengthsCount)) : new Int32Array(lengthsCount);
   }
 
   private forget(index: number): void {

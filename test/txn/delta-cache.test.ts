@@ -1,7 +1,7 @@
 import { fc, test } from '@fast-check/vitest';
 import { describe, expect, it } from 'vitest';
 import { PagesWorkerPool } from '../../src/pages/worker-pool.js';
-import { DELTA_CACHE_BYTES_MAX, DeltaCache } from '../../src/txn/delta-cache.js';
+import { DELTA_CACHE_BYTES_MAX, DELTA_WINDOW_PAGES, DeltaCache } from '../../src/txn/delta-cache.js';
 import { decodeDelta } from '../../src/pages/delta.js';
 import { PageKind } from '../../src/wire/bodies/pages.js';
 import type { Page } from '../../src/wire/bodies/pages.js';
@@ -126,6 +126,31 @@ describe('DeltaCache: what it assumes the secondary holds is what the secondary 
       }
     },
   );
+
+  it('an epoch of more pages than a window is encoded window by window: every delta right, one exact buffer a window', () => {
+    const pages = 2 * DELTA_WINDOW_PAGES + 100;
+    const cache = new DeltaCache(PAGE_SMALL, pages * PAGE_SMALL);
+    const guest = new Uint8Array(pages * PAGE_SMALL);
+    for (let i = 0; i < guest.length; i++) guest[i] = (i * 31) & 0xff;
+    const copy = Uint8Array.from(guest);
+    const all = [...Array(pages).keys()];
+    cache.encode(captureOf(guest, all, false, false)); // every page sent whole, and remembered
+    for (let epoch = 1; epoch <= 3; epoch++) {
+      for (const index of all) {
+        const page = guest.subarray(index * PAGE_SMALL, (index + 1) * PAGE_SMALL);
+        if (index % 5 === 0) continue; // unchanged
+        if (index % 7 === 0) page.forEach((_, i) => (page[i] = (i * epoch * 13 + index) & 0xff)); // many bytes: RAW
+        else page[(index * epoch) % PAGE_SMALL] ^= epoch; // a byte: a small delta
+      }
+      const encoded = cache.encode(captureOf(guest, all, epoch === 2, false));
+      applyTo(copy, encoded.pages);
+      expect(Buffer.compare(copy, guest)).toBe(0);
+      expect(encoded.deltaPages).toBeGreaterThan(2 * DELTA_WINDOW_PAGES - 100);
+      const buffers = new Set(encoded.pages.filter((p) => p.kind === PageKind.DELTA).map((p) => p.data.buffer));
+      expect(buffers.size).toBe(3);
+      for (const buffer of buffers) expect(buffer.byteLength).toBeLessThan(DELTA_WINDOW_PAGES * 8); // exact copies
+    }
+  });
 
   it('encodeAsync on a worker pool sends exactly what encode sends', async () => {
     const pool = await PagesWorkerPool.start({ workers: 2, parallelBytesMin: 0 });
