@@ -140,7 +140,10 @@ describe('DeltaCache: what it assumes the secondary holds is what the secondary 
         const page = guest.subarray(index * PAGE_SMALL, (index + 1) * PAGE_SMALL);
         if (index % 5 === 0) continue; // unchanged
         if (index % 7 === 0) page.forEach((_, i) => (page[i] = (i * epoch * 13 + index) & 0xff)); // many bytes: RAW
-        else page[(index * epoch) % PAGE_SMALL] ^= epoch; // a byte: a small delta
+        else {
+          const at = (index * epoch) % PAGE_SMALL;
+          page[at] = page[at]! ^ epoch; // a byte: a small delta
+        }
       }
       const encoded = cache.encode(captureOf(guest, all, epoch === 2, false));
       applyTo(copy, encoded.pages);
