@@ -366,6 +366,11 @@ export class PagesWorkerPool {
     return this.slots.filter((s) => s.ready).length;
   }
 
+  /** True once {@link close} was called: every later operation is refused with KEMARI_CLOSED, for good. */
+  get isClosed(): boolean {
+    return this.closing;
+  }
+
   /** Counters since the pool started (a copy). */
   stats(): PagesWorkerPoolStats {
     return {

@@ -97,10 +97,11 @@ export function layoutBlocks(blocks: readonly RamBlockInfo[], sharedNames: Reado
 
 /**
  * How {@link GuestMemory.scanRangeOn} went: `'threads'`, the pool scanned the range; `'here'`, the calling thread
- * did (the pool refused before starting, or the range keeps no fingerprints); `'failed'`, the pool failed after its
- * threads began, so every page of the range was marked changed and the range scanned again here.
+ * did (the pool refused before starting, or the range keeps no fingerprints); `'closed'`, the calling thread did
+ * because the pool is closed (for good); `'failed'`, the pool failed after its threads began, so every page of the
+ * range was marked changed and the range scanned again here.
  */
-export type PooledScanOutcome = 'threads' | 'here' | 'failed';
+export type PooledScanOutcome = 'threads' | 'here' | 'closed' | 'failed';
 
 /** The linear guest memory with its shadow copy (or fingerprints) and change marks; see the module comment. */
 export class GuestMemory {
@@ -341,6 +342,7 @@ export class GuestMemory {
         }
       }
       this.scanRange(offsetBytes, region);
+      if (error instanceof KemariError && error.code === 'KEMARI_CLOSED' && pool.isClosed) return 'closed';
       return untouched ? 'here' : 'failed';
     }
     this.markScanned(first, out, count);

@@ -78,6 +78,7 @@ export class SharedMemoryFile implements SharedBlockSource {
       }
       const outcome = await memory.scanRangeOn(pool, block.offsetBytes, mapping);
       if (outcome === 'threads') this.poolFailuresInRow = 0;
+      if (outcome === 'closed') this.dropPool();
       if (outcome === 'failed') {
         this.poolFailures += 1;
         this.poolFailuresInRow += 1;

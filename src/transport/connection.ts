@@ -19,7 +19,9 @@ export interface Connection {
   /**
    * Writes the chunks in order as one batch (corked, so a frame's header and body parts leave together).
    * Returns false when the write buffer is above its high-water mark: wait for 'drain' before writing more.
-   * Chunks must not be modified until written (they are not copied).
+   * Chunks must not be modified until written (they are not copied). The primary reuses a chunk's memory once
+   * {@link bufferedBytes} says its bytes were handed over: a connection that keeps references to written chunks
+   * must count them in `bufferedBytes` until it no longer reads them (or copy them on write).
    */
   write(chunks: readonly Uint8Array[]): boolean;
   /**
@@ -31,7 +33,10 @@ export interface Connection {
   uncork?(): void;
   /** Closes gracefully after pending writes (`error` undefined) or at once (with `error`). Idempotent. */
   close(error?: KemariError): void;
-  /** Bytes queued and not yet handed to the OS. */
+  /**
+   * Bytes written and not yet handed to the OS: every byte of a written chunk the connection may still read (see
+   * {@link write}).
+   */
   readonly bufferedBytes: number;
   /** True once closed. */
   readonly closed: boolean;

@@ -128,7 +128,8 @@ export class DeltaCache {
 
   /**
    * Encodes the pages of one incremental epoch (sorted, as captured) on the calling thread and remembers each as
-   * sent. A delta is used only when it is under half a page. The returned DELTA pages are views of one new buffer.
+   * sent. A delta is used only when it is under half a page. The returned DELTA pages are views of new buffers, one
+   * per window of {@link DELTA_WINDOW_PAGES} pages.
    */
   encode(pages: readonly Page[]): DeltaEncoding {
     const plan = this.plan(pages);

@@ -114,4 +114,16 @@ describe('SharedMemoryFile with a pages pool', () => {
     expect(changed(memory)).toEqual([64]);
     expect(file.poolFailures).toBe(0);
   });
+
+  it('a pool closed after the file was shared with it is dropped at the next scan, which runs here', async () => {
+    const pool = await PagesWorkerPool.start({ workers: 1, parallelBytesMin: 0 });
+    const { file, memory, write } = await setUp(pool);
+    expect(file.poolDropped).toBe(false);
+    await pool.close();
+    write(70, 8);
+    await file.scanInto(memory, BLOCK);
+    expect(changed(memory)).toEqual([74]);
+    expect(file.poolDropped).toBe(true);
+    expect(file.poolFailures).toBe(0);
+  });
 });

@@ -155,6 +155,37 @@ describe('DeltaCache: what it assumes the secondary holds is what the secondary 
     }
   });
 
+  it('encodeAsync of more pages than a window, on the threads and on a refusing pool, sends what encode sends', async () => {
+    const pool = await PagesWorkerPool.start({ workers: 2, parallelBytesMin: 0 });
+    try {
+      const pages = 2 * DELTA_WINDOW_PAGES + 188;
+      const threaded = new DeltaCache(PAGE_SMALL, pages * PAGE_SMALL, { shared: true });
+      const here = new DeltaCache(PAGE_SMALL, pages * PAGE_SMALL);
+      const guest = new Uint8Array(pages * PAGE_SMALL);
+      for (let i = 0; i < guest.length; i++) guest[i] = (i * 7) & 0xff;
+      const all = [...Array(pages).keys()];
+      const copy = Uint8Array.from(guest);
+      const same = (a: { pages: Page[] }, b: { pages: Page[] }): void =>
+        expect(a.pages.map((p) => [p.index, p.kind, Buffer.from(p.data).toString('hex')])).toEqual(b.pages.map((p) => [p.index, p.kind, Buffer.from(p.data).toString('hex')]));
+      same(await threaded.encodeAsync(captureOf(guest, all, false, true), pool), here.encode(captureOf(guest, all, false, false)));
+      for (let epoch = 1; epoch <= 3; epoch++) {
+        if (epoch === 3) await pool.close(); // refused: this thread encodes the batch, window by window
+        for (const index of all) {
+          const at = index * PAGE_SMALL + ((index + epoch) % PAGE_SMALL);
+          if (index % 4 !== 0) guest[at] = guest[at]! ^ epoch;
+        }
+        const a = await threaded.encodeAsync(captureOf(guest, all, false, true), pool);
+        expect(a.parallel).toBe(epoch < 3);
+        expect(a.deltaPages).toBeGreaterThan(2 * DELTA_WINDOW_PAGES);
+        same(a, here.encode(captureOf(guest, all, false, false)));
+        applyTo(copy, a.pages);
+        expect(Buffer.compare(copy, guest)).toBe(0);
+      }
+    } finally {
+      await pool.close();
+    }
+  });
+
   it('encodeAsync on a worker pool sends exactly what encode sends', async () => {
     const pool = await PagesWorkerPool.start({ workers: 2, parallelBytesMin: 0 });
     try {
