@@ -6,7 +6,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Primary } from '../../src/primary/primary.js';
 import { Secondary } from '../../src/secondary/secondary.js';
 import { connectTcp } from '../../src/transport/tcp.js';
-import type { Connection, ConnectionEvents } from '../../src/transport/connection.js';
+import type { Connection } from '../../src/transport/connection.js';
+import { ForwardingConnection } from '../helpers/forwarding-connection.js';
 import { SimulatedVm } from '../../src/vm/simulated-vm.js';
 import { Workload } from '../../src/vm/workload.js';
 import { HEADER_BYTES, readHeader } from '../../src/wire/header.js';
@@ -17,7 +18,7 @@ afterEach(async () => {
 });
 
 /** A TCP connection that records every write: the frame type it starts with, and how deep the cork was. */
-class RecordingConnection implements Connection {
+class RecordingConnection extends ForwardingConnection {
   readonly writes: Array<{ type: number; corked: number }> = [];
   /** Frame types written under each cork, one list per cork, in order. */
   readonly batches: number[][] = [];
@@ -25,10 +26,8 @@ class RecordingConnection implements Connection {
   cork?: () => void;
   uncork?: () => void;
 
-  constructor(
-    private readonly inner: Connection,
-    corks: boolean,
-  ) {
+  constructor(inner: Connection, corks: boolean) {
+    super(inner);
     if (corks) {
       this.cork = () => {
         if (this.depth++ === 0) this.batches.push([]);
@@ -41,33 +40,13 @@ class RecordingConnection implements Connection {
     }
   }
 
-  write(chunks: readonly Uint8Array[]): boolean {
+  override write(chunks: readonly Uint8Array[]): boolean {
     const first = chunks[0]!;
     expect(first.byteLength).toBe(HEADER_BYTES); // one frame a write: its header first
     const { type } = readHeader(first, 2 ** 32 - 1);
     this.writes.push({ type, corked: this.depth });
     if (this.depth > 0) this.batches.at(-1)!.push(type);
-    return this.inner.write(chunks);
-  }
-  close(error?: Parameters<Connection['close']>[0]): void {
-    this.inner.close(error);
-  }
-  get bufferedBytes(): number {
-    return this.inner.bufferedBytes;
-  }
-  get closed(): boolean {
-    return this.inner.closed;
-  }
-  get peer(): string {
-    return this.inner.peer;
-  }
-  on<E extends keyof ConnectionEvents>(event: E, listener: ConnectionEvents[E]): this {
-    this.inner.on(event, listener);
-    return this;
-  }
-  off<E extends keyof ConnectionEvents>(event: E, listener: ConnectionEvents[E]): this {
-    this.inner.off(event, listener);
-    return this;
+    return super.write(chunks);
   }
 }
 

@@ -5,7 +5,8 @@ import type { PrimaryCapture, PrimaryCommit } from '../../src/primary/primary.js
 import { Secondary } from '../../src/secondary/secondary.js';
 import { digestHex } from '../../src/replica/state-digest.js';
 import { connectTcp } from '../../src/transport/tcp.js';
-import type { Connection, ConnectionEvents } from '../../src/transport/connection.js';
+import type { Connection } from '../../src/transport/connection.js';
+import { ForwardingConnection } from '../helpers/forwarding-connection.js';
 import { SimulatedVm } from '../../src/vm/simulated-vm.js';
 import { Workload } from '../../src/vm/workload.js';
 
@@ -18,18 +19,20 @@ afterEach(async () => {
  * Holds the last `tailBytes` of each write (the chunks themselves, not copies, as a socket does) until the next
  * write or at most 200 ms, and counts them in `bufferedBytes`; everything else goes to the inner connection at once.
  */
-class TailHoldingConnection implements Connection {
+class TailHoldingConnection extends ForwardingConnection {
   private held: Uint8Array[] = [];
   /** Bytes written and held here, not yet handed to the inner connection. */
   heldBytes = 0;
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
-    private readonly inner: Connection,
+    inner: Connection,
     private readonly tailBytes: number,
-  ) {}
+  ) {
+    super(inner);
+  }
 
-  write(chunks: readonly Uint8Array[]): boolean {
+  override write(chunks: readonly Uint8Array[]): boolean {
     // What was held goes first, then this write but for its last `tailBytes`, which stay referenced here.
     const pass = this.held;
     let totalBytes = 0;
@@ -59,27 +62,13 @@ class TailHoldingConnection implements Connection {
     if (rest.length > 0 && !this.inner.closed) this.inner.write(rest);
   }
 
-  close(error?: Parameters<Connection['close']>[0]): void {
+  override close(error?: Parameters<Connection['close']>[0]): void {
     clearTimeout(this.timer);
     if (error === undefined) this.release();
-    this.inner.close(error);
+    super.close(error);
   }
-  get bufferedBytes(): number {
+  override get bufferedBytes(): number {
     return this.heldBytes + this.inner.bufferedBytes;
-  }
-  get closed(): boolean {
-    return this.inner.closed;
-  }
-  get peer(): string {
-    return this.inner.peer;
-  }
-  on<E extends keyof ConnectionEvents>(event: E, listener: ConnectionEvents[E]): this {
-    this.inner.on(event, listener);
-    return this;
-  }
-  off<E extends keyof ConnectionEvents>(event: E, listener: ConnectionEvents[E]): this {
-    this.inner.off(event, listener);
-    return this;
   }
 }
 
