@@ -1061,7 +1061,7 @@ export class Primary extends EventEmitter {
    */
   private releaseWrittenChunks(): void {
     const connection = this.connection;
-    if (connection === undefined || connection.closed) return;
+    if (this.chunksWriting.length === 0 || connection === undefined || connection.closed) return;
     const handedBytes = this.bytesSent - connection.bufferedBytes;
     while (this.chunksWriting.length > 0 && this.chunksWriting[0]!.endBytes <= handedBytes) {
       this.vm.releasePrecopy?.(this.chunksWriting.shift()!.chunk);
