@@ -116,6 +116,14 @@ export class DeltaCache {
     return this.slotsUsed * this.pageBytes;
   }
 
+  /**
+   * Bytes of the scratch the deltas are encoded into, reused from epoch to epoch: one window on the calling thread
+   * (DELTA_WINDOW_PAGES half pages), or the largest batch handed to a pool's threads.
+   */
+  get scratchBytes(): number {
+    return this.scratch.byteLength;
+  }
+
   /** Forgets everything: the secondary's copies can no longer be assumed. The slab is kept for reuse. */
   clear(): void {
     this.slotOf.fill(NO_SLOT);

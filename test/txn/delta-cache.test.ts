@@ -153,6 +153,8 @@ describe('DeltaCache: what it assumes the secondary holds is what the secondary 
       expect(buffers.size).toBe(3);
       for (const buffer of buffers) expect(buffer.byteLength).toBeLessThan(DELTA_WINDOW_PAGES * 8); // exact copies
     }
+    // Bounded: the scratch holds one window's deltas (half a page a page), not the epoch's.
+    expect(cache.scratchBytes).toBe(DELTA_WINDOW_PAGES * (PAGE_SMALL / 2));
   });
 
   it('encodeAsync of more pages than a window, on the threads and on a refusing pool, sends what encode sends', async () => {
