@@ -25,6 +25,8 @@ import { decodeHello, encodeHello } from './bodies/hello.js';
 import type { PageBatch } from './bodies/pages.js';
 import { decodePages, encodePages } from './bodies/pages.js';
 import type { Reason } from './bodies/reason.js';
+import type { StandDown } from './bodies/stand-down.js';
+import { decodeStandDown, encodeStandDown } from './bodies/stand-down.js';
 import { decodeReason, encodeReason } from './bodies/reason.js';
 import { FrameType } from './header.js';
 import { invalid } from './validate.js';
@@ -50,6 +52,7 @@ export type NackFrame = FrameOf<typeof FrameType.NACK, Reason>;
 export type AbortFrame = FrameOf<typeof FrameType.ABORT, Reason>;
 export type HeartbeatFrame = FrameOf<typeof FrameType.HEARTBEAT, Heartbeat>;
 export type FailoverFrame = FrameOf<typeof FrameType.FAILOVER, Failover>;
+export type StandDownFrame = FrameOf<typeof FrameType.STAND_DOWN, StandDown>;
 
 /** Any frame, typed by its `type`. */
 export type Frame =
@@ -64,7 +67,8 @@ export type Frame =
   | NackFrame
   | AbortFrame
   | HeartbeatFrame
-  | FailoverFrame;
+  | FailoverFrame
+  | StandDownFrame;
 
 /** What the wire adds to a decoded frame. */
 export interface WireFacts {
@@ -102,6 +106,8 @@ export function encodeBody(frame: Frame): { parts: Uint8Array[]; flags: number }
       return { parts: encodeHeartbeat(frame.body), flags: 0 };
     case FrameType.FAILOVER:
       return { parts: encodeFailover(frame.body), flags: 0 };
+    case FrameType.STAND_DOWN:
+      return { parts: encodeStandDown(frame.body), flags: 0 };
     default:
       return invalid('frame.type', 'unknown frame type', (frame as { type: unknown }).type);
   }
@@ -134,5 +140,7 @@ export function decodeBody(type: FrameType, flags: number, body: Uint8Array): Fr
       return decodeHeartbeat(body);
     case FrameType.FAILOVER:
       return decodeFailover(body);
+    case FrameType.STAND_DOWN:
+      return decodeStandDown(body);
   }
 }

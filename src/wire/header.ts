@@ -70,6 +70,8 @@ export const FrameType = {
   HEARTBEAT: 11,
   /** A quiesced primary hands over to the secondary. */
   FAILOVER: 12,
+  /** The guest stopped on its own: protection ends, the standby must not resume it (and confirms with the same frame). */
+  STAND_DOWN: 13,
 } as const;
 
 /** A frame type number. */
@@ -103,6 +105,7 @@ export const FLAGS_ALLOWED: Readonly<Record<FrameType, number>> = Object.freeze(
   [FrameType.ABORT]: 0,
   [FrameType.HEARTBEAT]: 0,
   [FrameType.FAILOVER]: 0,
+  [FrameType.STAND_DOWN]: 0,
 });
 
 /** Largest body length the header can express. */
@@ -121,7 +124,7 @@ export interface FrameHeader {
 
 /** True when `type` is a known frame type. */
 export function isFrameType(type: number): type is FrameType {
-  return type >= FrameType.HELLO && type <= FrameType.FAILOVER;
+  return type >= FrameType.HELLO && type <= FrameType.STAND_DOWN;
 }
 
 /** Writes a complete header (with both checksums) into `out` at offset 0. `out` must hold HEADER_BYTES. */

@@ -32,6 +32,7 @@ export type {
   HelloFrame,
   NackFrame,
   PagesFrame,
+  StandDownFrame,
   WireFacts,
 } from './frame.js';
 export { TxnDigest } from './txn-digest.js';
@@ -52,3 +53,4 @@ export { PAGE_BYTES_MAX, PAGE_BYTES_MIN, PageKind, isValidPageBytes } from './bo
 export type { Page, PageBatch } from './bodies/pages.js';
 export { REASON_MESSAGE_BYTES_MAX, ReasonCode } from './bodies/reason.js';
 export type { Reason } from './bodies/reason.js';
+export type { StandDown } from './bodies/stand-down.js';

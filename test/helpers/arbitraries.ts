@@ -103,4 +103,9 @@ export const arbFrame: fc.Arbitrary<Frame> = fc.oneof(
     ...txnSeq,
     body: fc.record({ committedTxn: u53, generation: u53, reason: fc.string({ maxLength: 60 }) }),
   }),
+  fc.record({
+    type: fc.constant(FrameType.STAND_DOWN),
+    ...txnSeq,
+    body: fc.record({ committedTxn: u53, reason: fc.string({ maxLength: 60 }) }),
+  }),
 ) as fc.Arbitrary<Frame>;

@@ -90,4 +90,10 @@ export const SAMPLE_FRAMES: Record<string, Frame> = {
     seq: 0,
     body: { committedTxn: 7, generation: 3, reason: 'GUEST_PANICKED' },
   },
+  'stand-down': {
+    type: FrameType.STAND_DOWN,
+    txn: 0,
+    seq: 0,
+    body: { committedTxn: 7, reason: 'SHUTDOWN (guest-shutdown)' },
+  },
 };

@@ -11,7 +11,7 @@ const dir = new URL('../fixtures/frames/', import.meta.url);
 describe('golden fixtures', () => {
   it('has a fixture for every frame type', () => {
     const types = new Set(Object.values(SAMPLE_FRAMES).map((f) => f.type));
-    expect(types.size).toBe(12);
+    expect(types.size).toBe(13);
     expect(readdirSync(dir).sort()).toEqual(Object.keys(SAMPLE_FRAMES).map((n) => `${n}.hex`).sort());
   });
 
@@ -27,6 +27,14 @@ describe('golden fixtures', () => {
       expect(frames).toHaveLength(1);
       expect(stripWireFacts(frames[0]!)).toEqual(frame);
     });
+  });
+
+  it('reads the STAND_DOWN fixture field by field (independent of the encoder)', () => {
+    const hex = Buffer.from(readHexFixture(new URL('stand-down.hex', dir).pathname)).toString('hex');
+    expect(hex.slice(10, 12)).toBe('0d'); // STAND_DOWN (13)
+    expect(hex.slice(40, 48)).toBe('21000000'); // 8 + 25 body bytes
+    expect(hex.slice(64, 80)).toBe('0700000000000000'); // committedTxn 7
+    expect(Buffer.from(hex.slice(80), 'hex').toString('utf8')).toBe('SHUTDOWN (guest-shutdown)');
   });
 
   it('reads the BEGIN fixture field by field (independent of the encoder)', () => {
