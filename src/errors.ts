@@ -36,6 +36,7 @@ export const ERROR_CODES = {
   KEMARI_JOURNAL_CORRUPT: 'The journal holds a damaged record before its tail (a torn tail is dropped, damage earlier is not).',
   KEMARI_JOURNAL_IO: 'Reading, writing or syncing the journal failed.',
   KEMARI_PEER_LOST: 'The peer was silent for intervalMs * missedMax, or its connection broke: it is suspected dead.',
+  KEMARI_NOT_PROTECTED: 'The operation needs a protected primary (a session up, its secondary holding a committed epoch of it).',
   KEMARI_QUIESCED: 'The primary quiesced after a fatal fault: the VM is paused for post-mortem, outputs of unacked epochs discarded.',
   KEMARI_ARBITER_UNAVAILABLE: 'The arbiter did not answer in time or its connection broke: no lease can be granted or renewed.',
   KEMARI_LEASE_DENIED: "The arbiter granted the session's lease to another holder.",

@@ -11,8 +11,9 @@
  * epoch was captured and is about to be sent), 'commit' ({@link PrimaryCommit}),
  * 'release' ({@link ReleasedOutput}), 'disconnect' (KemariError), 'unprotected' ({ error, policy }: the secondary
  * was lost while protected), 'reprotected' ({@link Reprotection}: protected again after a loss), 'fault'
- * ({@link Fault}), 'quiesced' ({@link PostMortem}), 'error' (KemariError; emitted only when listened to, and always
- * recorded in `stats().lastError`).
+ * ({@link Fault}), 'quiesced' ({@link PostMortem}), 'stood-down' ({@link StoodDownPrimary}: the guest stopped on
+ * its own and the secondary confirmed it will not resume it), 'error' (KemariError; emitted only when listened to,
+ * and always recorded in `stats().lastError`).
  *
  * After a loss the primary reconnects by itself (`reconnectDelayMs`). The epochs captured since the last ack are
  * kept (at most `pipelineDepth` of them, plus one whose capture the loss interrupted): a secondary that comes back
@@ -202,6 +203,24 @@ export interface PrimaryCommit {
   digest?: Uint8Array;
 }
 
+/** Options of {@link Primary.standDown}. */
+export interface StandDownOptions {
+  /**
+   * Take a last checkpoint of the (paused) VM first, so the outputs the guest produced last are released and the
+   * standby holds its final state. Default true; false when the VM can no longer be captured (its QEMU exited):
+   * then only the epochs already sent are awaited, and outputs tapped after the last capture are discarded.
+   */
+  finalEpoch?: boolean;
+  /** How long to wait for the last acks and the secondary's confirmation. Default 10000 ms. */
+  timeoutMs?: number;
+}
+
+/** What a confirmed {@link Primary.standDown} reports: the final epoch the standby holds, and why. */
+export interface StoodDownPrimary {
+  txn: number;
+  reason: string;
+}
+
 /** One captured epoch, before it is sent: what the secondary will hold if it commits this txn. */
 export interface PrimaryCapture {
   txn: number;
@@ -351,6 +370,14 @@ export class Primary extends EventEmitter {
   private readonly heartbeatConnector: ((signal?: AbortSignal) => Promise<Connection>) | undefined;
   private heartbeatLink: HeartbeatLink | undefined;
   private heartbeatPathTimer: TimerHandle | undefined;
+  /** The checkpoint running now (settled when none is). */
+  private checkpointRun: Promise<void> = Promise.resolve();
+  /** Once a stand-down began, the VM is never resumed again (its guest stopped on its own). */
+  private vmHeld = false;
+  /** A stand-down in progress: no checkpoint starts by itself; settled by the confirmation, a loss or its timeout. */
+  private standing:
+    | { reason: string; acked: (() => void) | undefined; confirmed: (txn: number) => void; failed: (error: KemariError) => void }
+    | undefined;
 
   private constructor(options: PrimaryOptions, connection: Connection, keeper: LeaseKeeper | undefined) {
     super();
@@ -592,6 +619,87 @@ export class Primary extends EventEmitter {
     this.settleStart?.(error);
   }
 
+  /**
+   * Ends protection because the guest stopped on its own (it powered itself off), so that the standby does not
+   * resume it: without this, a guest shut down on purpose looks like a dead primary (its QEMU exits), and the
+   * standby brings it back to life from its last epoch.
+   *
+   * From the call on, the VM is never resumed again and no checkpoint starts by itself. Then: a last checkpoint of
+   * the paused VM (unless `finalEpoch: false`), every epoch acked (their outputs released: the guest's last words
+   * leave), STAND_DOWN to the secondary, and its confirmation, after which it never promotes by itself. Resolves
+   * with the final epoch once confirmed; the primary is then closed ('stood-down' is emitted first).
+   *
+   * Rejects, leaving the primary protecting (or, after a loss, reconnecting) with its VM held paused, when it is not
+   * protected now (KEMARI_NOT_PROTECTED: the secondary may not hold a committed epoch of this session), when the
+   * session is lost or refused meanwhile (that error), when the secondary does not confirm within `timeoutMs`
+   * (KEMARI_TIMEOUT; a secondary that does not know STAND_DOWN ends the session instead), or when closed
+   * (KEMARI_CLOSED). Until a stand-down is confirmed, the standby may still take over (a FAILOVER, or the lease).
+   */
+  async standDown(reason: string, options: StandDownOptions = {}): Promise<StoodDownPrimary> {
+    if (typeof reason !== 'string') throw new KemariError('KEMARI_INVALID_ARGUMENT', 'standDown needs a reason string', { details: { reason } });
+    const timeoutMs = options.timeoutMs ?? 10_000;
+    if (!Number.isSafeInteger(timeoutMs) || timeoutMs <= 0) throw new KemariError('KEMARI_INVALID_ARGUMENT', 'standDown timeoutMs must be a positive integer', { details: { timeoutMs } });
+    if (this.standing !== undefined) throw new KemariError('KEMARI_BUSY', 'a stand-down is already in progress');
+    if (this.stateNow !== 'protected') {
+      throw new KemariError('KEMARI_NOT_PROTECTED', `cannot stand down a primary that is ${this.stateNow}`, { details: { state: this.stateNow } });
+    }
+    this.vmHeld = true;
+    let timer: TimerHandle | undefined;
+    const settled = new Promise<number>((resolve, reject) => {
+      const end = (): void => {
+        this.timers.clear(timer);
+        this.standing = undefined;
+      };
+      this.standing = {
+        reason,
+        acked: undefined,
+        confirmed: (txn) => {
+          end();
+          // Closed at once, before the secondary's end of the connection can look like a loss.
+          const stoodDown: StoodDownPrimary = { txn, reason };
+          this.emit('stood-down', stoodDown);
+          this.close();
+          resolve(txn);
+        },
+        failed: (error) => {
+          end();
+          reject(error);
+          this.pump();
+        },
+      };
+      timer = this.timers.setTimeout(
+        () => this.standing?.failed(new KemariError('KEMARI_TIMEOUT', `the secondary did not confirm the stand-down within ${timeoutMs} ms`, { details: { timeoutMs } })),
+        timeoutMs,
+      );
+    });
+    settled.catch(() => {}); // observed below; a failure before that point must not go unhandled
+    const standing = this.standing!;
+    // Still this stand-down (not failed meanwhile): read through a function, as the callbacks change it.
+    const current = (): boolean => this.standing === standing;
+    this.timers.clear(this.timer);
+    this.timer = undefined;
+    // Every epoch sent acked (the pipeline empty, so the last one may begin), then the last one, acked too.
+    const allAcked = (): Promise<void> =>
+      new Promise<void>((resolve) => {
+        if (!current() || this.pending.length === 0) return resolve();
+        standing.acked = resolve;
+        // A loss, a close or the timeout settles `settled` instead: this wait goes with it.
+        settled.then(() => resolve(), () => resolve());
+      });
+    await this.checkpointRun;
+    await allAcked();
+    if (current() && options.finalEpoch !== false) {
+      this.checkpointRun = this.checkpoint();
+      await this.checkpointRun;
+      await allAcked();
+    }
+    if (current()) {
+      if (this.stateNow !== 'protected') standing.failed(new KemariError('KEMARI_NOT_PROTECTED', `the primary is ${this.stateNow}; the stand-down was not sent`));
+      else this.write([encodeFrame({ type: FrameType.STAND_DOWN, txn: 0, seq: 0, body: { committedTxn: this.ackedTxnNow, reason } })]);
+    }
+    return { txn: await settled, reason };
+  }
+
   /** Counters and latency summaries. */
   stats(): PrimaryStats {
     return {
@@ -620,6 +728,7 @@ export class Primary extends EventEmitter {
   close(error?: KemariError): void {
     if (this.stateNow === 'closed') return;
     this.stateNow = 'closed';
+    this.standing?.failed(error ?? new KemariError('KEMARI_CLOSED', 'the primary was closed'));
     this.stopTimers();
     this.closeHeartbeatPath();
     void this.keeper?.release();
@@ -760,6 +869,10 @@ export class Primary extends EventEmitter {
           break;
         case 'heartbeat':
           break;
+        case 'stood-down':
+          if (this.standing === undefined) this.fail(new KemariError('KEMARI_PROTOCOL', 'STAND_DOWN confirmed, but none was asked for'));
+          else this.standing.confirmed(event.standDown.committedTxn);
+          return;
         case 'refused':
           this.fail(event.error);
           break;
@@ -820,6 +933,7 @@ export class Primary extends EventEmitter {
     this.completed(pending);
     // Committed, and its frames were all received: no one reads the capture's pages any more.
     if (pending.release !== undefined) this.vm.releaseCapture?.(pending.release);
+    if (this.pending.length === 0) this.standing?.acked?.();
     this.pump();
   }
 
@@ -860,7 +974,7 @@ export class Primary extends EventEmitter {
       return;
     }
     // Protected again after a loss: a VM paused by the 'pause' policy runs again.
-    if (this.lossPolicy === 'pause') void this.onVm(() => (this.stateNow === 'protected' ? this.vm.resume() : undefined)).catch(() => {});
+    if (this.lossPolicy === 'pause') void this.onVm(() => (this.stateNow === 'protected' && !this.vmHeld ? this.vm.resume() : undefined)).catch(() => {});
     const reprotection: Reprotection = { txn, full: pending.full, fromTxn: this.sessionFrom.txn };
     this.emit('reprotected', reprotection);
   }
@@ -868,10 +982,10 @@ export class Primary extends EventEmitter {
   /** Starts a checkpoint if the controller says so; (re)arms the timer otherwise. */
   private pump(): void {
     if (this.stateNow !== 'syncing' && this.stateNow !== 'protected') return;
-    if (this.capturing || !this.core.canBegin) return;
+    if (this.capturing || !this.core.canBegin || this.standing !== undefined) return;
     const input = { nowMs: this.clock(), inFlight: this.core.inFlightCount, openOutputs: this.tap.openCount };
     if (this.needFull || this.controller.shouldCapture(input)) {
-      void this.checkpoint();
+      this.checkpointRun = this.checkpoint();
       return;
     }
     const next = this.controller.nextCheckMs(input);
@@ -886,7 +1000,7 @@ export class Primary extends EventEmitter {
 
   /** The VM stays paused while a 'pause' policy waits for protection to come back. */
   private holdsVmPaused(): boolean {
-    return this.stateNow === 'quiesced' || this.stateNow === 'paused' || (this.lossPolicy === 'pause' && this.everProtected && this.stateNow === 'syncing');
+    return this.vmHeld || this.stateNow === 'quiesced' || this.stateNow === 'paused' || (this.lossPolicy === 'pause' && this.everProtected && this.stateNow === 'syncing');
   }
 
   private async checkpoint(): Promise<void> {
@@ -1148,6 +1262,7 @@ export class Primary extends EventEmitter {
     }
     this.lastError = error;
     this.sessionUp = false;
+    this.standing?.failed(error);
     this.stopTimers();
     this.core.connectionLost();
     this.sendQueue.length = 0;

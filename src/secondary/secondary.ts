@@ -7,7 +7,8 @@
  * KEMARI_BUSY. The replica outlives connections: a primary that reconnects resumes from the committed epoch.
  *
  * Events: 'session' (the primary's Hello), 'commit' ({@link SecondaryCommit}), 'aborted' ({ txn, reason }),
- * 'disconnect' (KemariError | undefined), 'heartbeat', 'failover' (the primary handed over), 'promoted'
+ * 'disconnect' (KemariError | undefined), 'heartbeat', 'failover' (the primary handed over), 'stood-down'
+ * ({@link StoodDown}: the guest stopped on its own; this secondary confirmed and will not promote by itself), 'promoted'
  * ({@link Promotion}, after an automatic promotion), 'recovered' (what a journal restart recovered), 'primaryLost' (KemariError: the primary went silent; the
  * session is ended, the replica kept), 'linkDown' (KemariError: the replication link went silent while the primary
  * is heard on the second heartbeat path; the session is ended, the replica kept), 'error' (KemariError; emitted only when listened to, and always recorded in
@@ -40,6 +41,7 @@ import { DEFAULT_BODY_BYTES_MAX } from '../wire/decoder.js';
 import { PROTOCOL_VERSION } from '../wire/header.js';
 import type { Hello } from '../wire/bodies/hello.js';
 import type { Failover } from '../wire/bodies/failover.js';
+import type { StandDown } from '../wire/bodies/stand-down.js';
 import { isValidPageBytes } from '../wire/bodies/pages.js';
 import { HeartbeatLink } from '../failover/heartbeat-link.js';
 import { realTimers } from '../time/timers.js';
@@ -154,6 +156,19 @@ export interface Promotion<V extends VmAdapter = SimulatedVm> {
   lease?: Lease;
 }
 
+/**
+ * Where a secondary stands. 'stood-down': the primary's guest stopped on its own (STAND_DOWN) and this secondary
+ * holds its final epoch; it accepts no primary and never promotes by itself (an explicit `promote()` still can,
+ * to start the guest here on purpose).
+ */
+export type SecondaryState = 'listening' | 'replicating' | 'stood-down' | 'promoted' | 'closed';
+
+/** What 'stood-down' reports: the final epoch the replica holds, and the primary's reason. */
+export interface StoodDown {
+  txn: number;
+  reason: string;
+}
+
 /** Counters. */
 export interface SecondaryStats {
   state: Secondary['state'];
@@ -196,7 +211,7 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
   private sessionId: string | undefined;
   private verifyActive = false;
   private deltaActive = false;
-  private stateNow: 'listening' | 'replicating' | 'promoted' | 'closed' = 'listening';
+  private stateNow: SecondaryState = 'listening';
   private epochs = 0;
   private bytesApplied = 0;
   private pagesApplied = 0;
@@ -302,7 +317,7 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
 
   private async listenHeartbeatPath(where: NonNullable<SecondaryOptions<V>['heartbeatPath']>): Promise<void> {
     const accept = (connection: Connection): void => {
-      if (this.stateNow === 'closed' || this.stateNow === 'promoted' || this.heartbeatLinks.size >= (this.options.connectionsMax ?? 8)) {
+      if (this.stateNow === 'closed' || this.stateNow === 'promoted' || this.stateNow === 'stood-down' || this.heartbeatLinks.size >= (this.options.connectionsMax ?? 8)) {
         connection.close(new KemariError('KEMARI_BUSY', 'no heartbeat path is served now'));
         return;
       }
@@ -344,7 +359,7 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
   private watchPath(): void {
     if (this.pathWatch !== undefined) return;
     this.pathWatch = this.timers.setInterval(() => {
-      if (this.session !== undefined || this.stateNow === 'promoted' || this.stateNow === 'closed') return this.stopPathWatch();
+      if (this.session !== undefined || this.stateNow !== 'listening') return this.stopPathWatch();
       if (this.primaryHeardOnPath()) return;
       this.stopPathWatch();
       const error = new KemariError('KEMARI_PEER_LOST', 'the primary fell silent on the heartbeat path too, after the replication link', { details: { verdict: 'dead' } });
@@ -371,7 +386,7 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
   }
 
   /** Where the secondary stands. */
-  get state(): 'listening' | 'replicating' | 'promoted' | 'closed' {
+  get state(): SecondaryState {
     return this.stateNow;
   }
 
@@ -675,6 +690,13 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
         case 'heartbeat':
           this.emit('heartbeat', action.heartbeat);
           break;
+        case 'stand-down': {
+          // As FAILOVER: after the transactions received before it are journaled and applied.
+          const standDown = action.standDown;
+          session.chain = session.chain.then(() => this.onStandDown(session, standDown));
+          this.journalQueue = session.chain;
+          break;
+        }
         case 'failover': {
           // Handled after the transactions received before it are journaled and applied (they are committed epochs
           // the primary may already count on), and only from the session being served, on a replica holding an epoch.
@@ -689,6 +711,38 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
           break;
       }
     }
+  }
+
+  /**
+   * The primary's guest stopped on its own: confirm (the same frame back) once the replica holds exactly the final
+   * epoch, and from then on never promote by itself. Anything else (another epoch, a session no longer served) is
+   * reported and not confirmed, so the primary knows this side may still take over.
+   */
+  private onStandDown(session: Session, standDown: StandDown): void {
+    // As FAILOVER: only from the session being served, and one that replicated (a connection that only said HELLO
+    // proves nothing), onto exactly the epoch it names.
+    const superseded = this.session !== session;
+    if (superseded || session.received === 0 || this.stateNow !== 'replicating' || standDown.committedTxn !== this.committedTxn || !(this.replicaNow?.hasCommittedEpoch ?? false)) {
+      this.report(
+        new KemariError('KEMARI_PROTOCOL', `STAND_DOWN at txn ${standDown.committedTxn} not confirmed: the replica holds txn ${this.committedTxn}, or the session replicated nothing or is no longer served`, {
+          details: { txn: standDown.committedTxn, committedTxn: this.committedTxn },
+        }),
+      );
+      return;
+    }
+    this.stateNow = 'stood-down';
+    this.stopTakeover();
+    this.stopPathWatch();
+    const frame = encodeFrame({ type: FrameType.STAND_DOWN, txn: 0, seq: 0, body: { committedTxn: this.committedTxn, reason: standDown.reason } });
+    session.connection.write([frame.header, ...frame.body]);
+    // Ended without the NACK endSession sends: nothing is staged, and the confirmation is the last word.
+    this.session = undefined;
+    this.timers.clear(session.timer);
+    session.core.shutdown(new KemariError('KEMARI_CLOSED', 'the primary stood down'));
+    session.connection.close();
+    for (const link of this.heartbeatLinks) link.close();
+    const stoodDown: StoodDown = { txn: standDown.committedTxn, reason: standDown.reason };
+    this.emit('stood-down', stoodDown);
   }
 
   private onFailover(session: Session, failover: Failover): void {

@@ -22,6 +22,7 @@ import type { DecodedFrame } from '../wire/frame.js';
 import { FrameType } from '../wire/header.js';
 import type { Heartbeat } from '../wire/bodies/heartbeat.js';
 import type { Failover } from '../wire/bodies/failover.js';
+import type { StandDown } from '../wire/bodies/stand-down.js';
 import type { Hello } from '../wire/bodies/hello.js';
 import { ReasonCode } from '../wire/bodies/reason.js';
 import { TxnDigest } from '../wire/txn-digest.js';
@@ -64,6 +65,8 @@ export type ReceiverAction =
   | { type: 'aborted'; txn: number; reason: string }
   | { type: 'heartbeat'; heartbeat: Heartbeat }
   | { type: 'failover'; failover: Failover }
+  /** The primary stands down (its guest stopped on its own); the driver confirms once it holds that epoch. */
+  | { type: 'stand-down'; standDown: StandDown }
   | { type: 'close'; error: KemariError | undefined };
 
 interface Staging {
@@ -231,6 +234,11 @@ export class ReceiverCore {
         return;
       case FrameType.FAILOVER:
         this.actions.push({ type: 'failover', failover: frame.body });
+        return;
+      case FrameType.STAND_DOWN:
+        // Sent only once every epoch is acked: a transaction still being staged means the primary is confused.
+        if (this.staging !== undefined) throw protocol(`STAND_DOWN while txn ${this.staging.txn.txn} is being staged`);
+        this.actions.push({ type: 'stand-down', standDown: frame.body });
         return;
       default:
         throw protocol(`frame type ${frame.type} is not expected from a primary`);

@@ -22,6 +22,7 @@ import type { Heartbeat } from '../wire/bodies/heartbeat.js';
 import type { Hello } from '../wire/bodies/hello.js';
 import type { Page } from '../wire/bodies/pages.js';
 import type { Reason } from '../wire/bodies/reason.js';
+import type { StandDown } from '../wire/bodies/stand-down.js';
 import { TxnDigest } from '../wire/txn-digest.js';
 
 /** Options of a {@link SenderCore}. */
@@ -54,6 +55,8 @@ export type SenderEvent =
   | { type: 'session'; peer: Hello; features: string[] }
   | { type: 'ack'; txn: number; stateDigest: Uint8Array }
   | { type: 'heartbeat'; heartbeat: Heartbeat }
+  /** The secondary confirmed STAND_DOWN: it holds the final epoch and will not promote by itself. */
+  | { type: 'stood-down'; standDown: StandDown }
   | { type: 'refused'; error: KemariError };
 
 interface InFlight {
@@ -268,6 +271,12 @@ export class SenderCore {
       }
       case FrameType.HEARTBEAT:
         events.push({ type: 'heartbeat', heartbeat: frame.body });
+        return;
+      case FrameType.STAND_DOWN:
+        if (this.inFlight.length > 0 || frame.body.committedTxn !== this.acked) {
+          throw new KemariError('KEMARI_PROTOCOL', `STAND_DOWN confirmed at txn ${frame.body.committedTxn}; acked here is ${this.acked} with ${this.inFlight.length} in flight`);
+        }
+        events.push({ type: 'stood-down', standDown: frame.body });
         return;
       default:
         throw new KemariError('KEMARI_PROTOCOL', `frame type ${frame.type} is not expected from a secondary`);

@@ -94,6 +94,35 @@ describe('hardening', () => {
     expect(errors.map((e) => e.code)).toContain('KEMARI_PROTOCOL');
   });
 
+  it('STAND_DOWN from a session that replicated nothing is not confirmed: the standby stays ready to take over', async () => {
+    const { secondary, errors } = await listen();
+    const vm = new SimulatedVm({ memoryBytes: 1 << 20 });
+    const primary = await Primary.start({ vm, sessionId: 's', secondary: { host: '127.0.0.1', port: secondary.port } });
+    primary.close();
+    await sleep(50);
+    const committedTxn = secondary.committedTxn;
+    expect(committedTxn).toBeGreaterThan(0);
+    const socket = await rawClient(
+      secondary.port,
+      Buffer.concat([
+        encodeFrameToBytes({ type: FrameType.HELLO, txn: 0, seq: 0, body: primaryHello(vm, 's', []) }),
+        // The very epoch the replica holds: only the missing replication tells it apart from a real stand-down.
+        encodeFrameToBytes({ type: FrameType.STAND_DOWN, txn: 0, seq: 0, body: { committedTxn, reason: 'forged' } }),
+      ]),
+    );
+    const received: Buffer[] = [];
+    socket.on('data', (chunk: Buffer) => received.push(chunk));
+    await sleep(100);
+    expect(secondary.state).toBe('replicating');
+    expect(errors.map((e) => e.code)).toContain('KEMARI_PROTOCOL');
+    // No confirmation went back: only the HELLO reply and heartbeats (frame types 1 and 11).
+    const bytes = Buffer.concat(received);
+    const types: number[] = [];
+    for (let at = 0; at + 32 <= bytes.byteLength; at += 32 + bytes.readUInt32LE(at + 20)) types.push(bytes[at + 5]!);
+    expect(types.length).toBeGreaterThan(0);
+    expect(types.filter((t) => t !== FrameType.HELLO && t !== FrameType.HEARTBEAT)).toEqual([]);
+  });
+
   it('a long full sync over a slow link is not mistaken for a dead secondary (the secondary speaks on its own)', async () => {
     const { secondary } = await listen({ heartbeat: { intervalMs: 50, missedMax: 4 } });
     const proxy = await ThrottleProxy.start(secondary.port, 8 << 20);

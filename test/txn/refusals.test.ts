@@ -203,6 +203,41 @@ describe('HELLO', () => {
   });
 });
 
+describe('STAND_DOWN in the cores', () => {
+  const standDown = (committedTxn: number): Buffer => joinFrames([encodeFrame({ type: FrameType.STAND_DOWN, txn: 0, seq: 0, body: { committedTxn, reason: 'guest powered off' } })]);
+
+  it('between transactions the receiver hands it to its driver; inside one it is a protocol error and nothing staged applies', () => {
+    const between = run(frames.slice(0, firstTxnFrames));
+    expect(between.core.receive(standDown(1))).toEqual([{ type: 'stand-down', standDown: { committedTxn: 1, reason: 'guest powered off' } }]);
+
+    const inside = run([...frames.slice(0, firstTxnFrames), ...frames.slice(firstTxnFrames, firstTxnFrames + 1), standDown(1)]);
+    expect(inside.errors.map((e) => e.code)).toEqual(['KEMARI_PROTOCOL']);
+    expect(inside.applied).toEqual([1]);
+    expect(inside.closed).toBe(true);
+  });
+
+  it('the sender takes a confirmation only of the txn it saw acked, with nothing in flight', () => {
+    const vm = new SimulatedVm({ memoryBytes: 64 * 1024 });
+    const session = (): { sender: SenderCore; side: ReceiverSide } => {
+      const sender = new SenderCore({ hello: helloOf(vm), pipelineDepth: 1, bodyBytesMax: 1 << 20, pagesPerFrameMax: 16 });
+      const side = new ReceiverSide();
+      side.feed(joinFrames(sender.start()));
+      for (const reply of side.sent.splice(0)) sender.receive(reply);
+      vm.pause();
+      const out = sender.encodeTransaction(vm.capture({ full: true, digest: true }), [], 0);
+      vm.resume();
+      side.feed(joinFrames(out.frames));
+      for (const reply of side.sent.splice(0)) sender.receive(reply);
+      return { sender, side };
+    };
+    const confirmed = session().sender.receive(standDown(1));
+    expect(confirmed).toEqual([{ type: 'stood-down', standDown: { committedTxn: 1, reason: 'guest powered off' } }]);
+    const other = session().sender.receive(standDown(2));
+    expect(other.map((e) => e.type)).toEqual(['refused']);
+    expect((other[0] as { error: KemariError }).error.code).toBe('KEMARI_PROTOCOL');
+  });
+});
+
 describe('ack means applied (invariant 3)', () => {
   it('a complete transaction yields an apply action and no ACK; the ACK comes only from applied()', async () => {
     const { ReceiverCore } = await import('../../src/txn/receiver-core.js');
