@@ -4,8 +4,9 @@
  *
  * The guest is a boot sector plus a small 32-bit stage: a timer interrupt increments a counter at a fixed address,
  * dirties a configurable number of pages per tick, prints `tick N` lines to COM1 and writes sectors through the
- * legacy IDE ports. Everything a checkpoint or a test needs to find sits at a fixed address or image offset; the
- * constants below are that contract (and must match guest.asm). See examples/guest/README.md.
+ * legacy IDE ports; optionally it powers itself off through ACPI after a number of ticks. Everything a checkpoint or
+ * a test needs to find sits at a fixed address or image offset; the constants below are that contract (and must match
+ * guest.asm). See examples/guest/README.md.
  *
  *   const { imagePath, layout } = await buildGuest({ tickHz: 100, diskEveryTicks: 10 }, '/abs/dir');
  *   qemu-system-x86_64 ...guestQemuArgs(imagePath) -serial file:/abs/out.txt
@@ -88,6 +89,14 @@ export const SECTOR_MAGIC = 0x4453474b;
 /** Version of the written-sector layout (u32 at offset 4). */
 export const SECTOR_VERSION = 1;
 
+/** The last serial line of a guest that powers itself off (see {@link GuestParams.powerOffAfterTicks}). */
+export const POWER_OFF_LINE = 'power off\n';
+/**
+ * The port the guest writes 0x2000 (SLP_EN, sleep type S5 = 0) to, as a 16-bit word, to power off: PM1a_CNT of
+ * QEMU's `pc` machine (PIIX4 PM), whose I/O base SeaBIOS sets to 0x600.
+ */
+export const PM1A_CNT_PORT = 0x604;
+
 /** Default image size: 4 MiB, room for the boot sector, the stage and the default sector ring at LBA 2048. */
 export const IMAGE_SIZE_BYTES_DEFAULT = 4 << 20;
 
@@ -109,6 +118,15 @@ export interface GuestParams {
   diskLbaCount: number;
   /** Send CACHE FLUSH after each sector write. */
   cacheFlush: boolean;
+  /**
+   * Power off after this many ticks, 0..2^32-1; 0 or absent: never (the default). The tick that reaches it does its
+   * usual work (line, dirty pages, sector), then the guest prints a last line {@link POWER_OFF_LINE} (waiting until
+   * the UART has sent every byte) and powers off the way an OS does: ACPI sleep to S5 (SLP_EN, SLP_TYP 0) through
+   * PM1a_CNT at {@link PM1A_CNT_PORT}, so QEMU reports a SHUTDOWN event with `guest: true`, reason `guest-shutdown`
+   * (and exits, unless started with `-no-shutdown`). If the write does nothing, the guest halts with interrupts off.
+   * Optional so that older parameter sets stay valid: the field lives in what used to be reserved (zero) bytes.
+   */
+  powerOffAfterTicks?: number;
 }
 
 /** The parameters the guest runs with unless told otherwise (also the values assembled into guest.asm). */
@@ -213,7 +231,8 @@ export async function buildGuest(
 
 /**
  * QEMU arguments that boot an image built by {@link buildGuest}: pc machine (legacy IDE), TCG, 32 MiB, no default
- * devices or display, no reboot on a triple fault (QEMU exits instead). Add `-serial ...` and `-qmp ...`.
+ * devices or display, no reboot on a triple fault (QEMU exits instead). Add `-serial ...` and `-qmp ...`. A guest
+ * built with `powerOffAfterTicks` makes QEMU exit (code 0) when it powers off; add `-no-shutdown` to keep QEMU, stopped.
  */
 export function guestQemuArgs(imagePath: string): string[] {
   return [
@@ -240,14 +259,19 @@ export function encodeGuestParams(params: GuestParams): Buffer {
   block.writeUInt32LE(params.diskLbaBase, 0x1c);
   block.writeUInt32LE(params.diskLbaCount, 0x20);
   block.writeUInt32LE(params.cacheFlush ? FLAG_CACHE_FLUSH : 0, 0x24);
+  block.writeUInt32LE(params.powerOffAfterTicks ?? 0, 0x28);
   return block;
 }
 
-/** Reads a parameter block (from an image at {@link PARAMS_OFFSET}, or from guest memory); undefined without the magic or version. */
+/**
+ * Reads a parameter block (from an image at {@link PARAMS_OFFSET}, or from guest memory); undefined without the magic
+ * or version. `powerOffAfterTicks` is present only when it is set (not 0), as {@link DEFAULT_GUEST_PARAMS} leaves it out.
+ */
 export function decodeGuestParams(block: Uint8Array): GuestParams | undefined {
   if (block.length < PARAMS_SIZE_BYTES) return undefined;
   const b = Buffer.from(block.buffer, block.byteOffset, PARAMS_SIZE_BYTES);
   if (b.toString('latin1', 0, 4) !== PARAMS_MAGIC || b.readUInt16LE(4) !== PARAMS_VERSION) return undefined;
+  const powerOffAfterTicks = b.readUInt32LE(0x28);
   return {
     tickHz: b.readUInt32LE(0x08),
     dirtyPagesPerTick: b.readUInt32LE(0x0c),
@@ -257,6 +281,7 @@ export function decodeGuestParams(block: Uint8Array): GuestParams | undefined {
     diskLbaBase: b.readUInt32LE(0x1c),
     diskLbaCount: b.readUInt32LE(0x20),
     cacheFlush: (b.readUInt32LE(0x24) & FLAG_CACHE_FLUSH) !== 0,
+    ...(powerOffAfterTicks === 0 ? {} : { powerOffAfterTicks }),
   };
 }
 
@@ -362,6 +387,7 @@ function validateParams(p: GuestParams, layout: GuestLayout, binaryBytes: number
   u32('dirtyPagesPerTick', p.dirtyPagesPerTick, 0, p.ringPages);
   u32('serialEveryTicks', p.serialEveryTicks, 0, 0xffff_ffff);
   u32('diskEveryTicks', p.diskEveryTicks, 0, 0xffff_ffff);
+  u32('powerOffAfterTicks', p.powerOffAfterTicks ?? 0, 0, 0xffff_ffff);
   if (typeof p.cacheFlush !== 'boolean') bad('cacheFlush must be a boolean', { cacheFlush: p.cacheFlush });
   const { imageSizeBytes } = layout;
   if (!Number.isInteger(imageSizeBytes) || imageSizeBytes % SECTOR_SIZE_BYTES !== 0 || imageSizeBytes < binaryBytes) {

@@ -4,7 +4,8 @@
 ;   - increments a 64-bit tick counter at the fixed guest-physical address 0x200000,
 ;   - writes the counter into the next `dirtyPagesPerTick` pages of a ring of `ringPages` pages at 0x300000,
 ;   - every `serialEveryTicks` ticks prints `tick <counter>\n` to COM1,
-;   - every `diskEveryTicks` ticks writes one sector through the legacy IDE ports (primary master, LBA28 PIO).
+;   - every `diskEveryTicks` ticks writes one sector through the legacy IDE ports (primary master, LBA28 PIO),
+;   - after `powerOffAfterTicks` ticks (0: never) prints `power off\n` and powers the machine off through ACPI (S5).
 ; Parameters live in a block at image offset 0x200 (PARAMS_OFFSET), patched by examples/guest/build-guest.ts.
 ; See examples/guest/README.md for the memory map and the layouts. Keep the offsets below in sync with the builder.
 ;
@@ -25,6 +26,7 @@
 %define P_LBA_BASE          0x1C
 %define P_LBA_COUNT         0x20
 %define P_FLAGS             0x24    ; bit 0: CACHE FLUSH after each sector write
+%define P_POWER_OFF         0x28    ; ticks before the ACPI power-off (0: never); was reserved (zero) in older images
 
 ; Status page (guest-physical 0x200000, page 0x200 of pc.ram)
 %define STATUS              0x200000
@@ -50,6 +52,7 @@
 %define E_LBA_BASE          S_PARAMS + P_LBA_BASE
 %define E_LBA_COUNT         S_PARAMS + P_LBA_COUNT
 %define E_FLAGS             S_PARAMS + P_FLAGS
+%define E_POWER_OFF         S_PARAMS + P_POWER_OFF
 
 %define RING                0x300000
 %define RING_PAGES_MAX      4096            ; 16 MiB: the ring ends at 0x1300000, inside a 32 MiB guest
@@ -65,6 +68,8 @@
 %define ATA                 0x1F0
 %define ATA_CTRL            0x3F6
 %define ATA_SPIN_MAX        2000000         ; status polls before a command is given up
+%define PM1A_CNT            0x604           ; PIIX4 PM (QEMU `pc`): SeaBIOS puts PMBASE at 0x600, PM1a_CNT at +4
+%define PM1_SLP_EN_S5       0x2000          ; SLP_EN (bit 13) with SLP_TYP 0, QEMU's S5 (its DSDT's _S5 is 0)
 
         org 0x7C00
 
@@ -158,6 +163,7 @@ params:
         dd 2048                         ; diskLbaBase
         dd 1024                         ; diskLbaCount
         dd 0                            ; flags
+        dd 0                            ; powerOffAfterTicks (0: never)
         times PARAMS_SIZE - ($ - params) db 0
 
 stage_main:
@@ -478,6 +484,15 @@ timer_isr:
         call disk_write
 .disk_done:
 
+        mov eax, [E_POWER_OFF]          ; the tick that reaches powerOffAfterTicks is the last one
+        test eax, eax
+        jz .power_done
+        cmp dword [S_TICKS + 4], 0
+        jne power_off
+        cmp [S_TICKS], eax
+        jae power_off
+.power_done:
+
         mov al, 0x20
         out 0x20, al
         popad
@@ -525,6 +540,19 @@ halt_forever:
         cli
 .halt:  hlt
         jmp .halt
+
+; Power off the way an OS does: a last line (every byte out of the UART), then ACPI sleep to S5 through PM1a_CNT.
+; Reached from the timer interrupt (an interrupt gate: interrupts are off) and never returns. If the write does
+; nothing (no ACPI, another firmware), the guest stays halted with interrupts off.
+power_off:
+        cli
+        mov esi, msg_power_off
+        call serial_puts
+        call serial_drain
+        mov dx, PM1A_CNT
+        mov ax, PM1_SLP_EN_S5
+        out dx, ax
+        jmp halt_forever
 
 ; ---------------------------------------------------------------------------------------------------------------
 ; Disk: one sector at LBA base + (writeIndex mod count), LBA28 PIO WRITE SECTORS, optional CACHE FLUSH.
@@ -626,6 +654,17 @@ serial_putc:                            ; AL = byte; waits for THRE before writi
         pop edx
         ret
 
+serial_drain:                           ; waits for TEMT: the holding and shift registers are empty
+        push edx
+        push eax
+        mov dx, COM1 + 5
+.wait:  in al, dx
+        test al, 0x40
+        jz .wait
+        pop eax
+        pop edx
+        ret
+
 serial_puts:                            ; ESI = zero-terminated string
         push eax
 .next:  lodsb
@@ -698,6 +737,12 @@ print_banner:
         mov esi, msg_sectors
         mov eax, [S_DISK_SECTORS]
         call print_u32_field
+        mov eax, [E_POWER_OFF]          ; only when set, so the banner of a guest that never powers off is unchanged
+        test eax, eax
+        jz .no_power_off
+        mov esi, msg_power_after
+        call print_u32_field
+.no_power_off:
         mov al, 10
         call serial_putc
         ret
@@ -717,6 +762,8 @@ msg_base:       db " diskLbaBase=", 0
 msg_count:      db " diskLbaCount=", 0
 msg_flags:      db " flags=", 0
 msg_sectors:    db " diskSectors=", 0
+msg_power_after: db " powerOffAfterTicks=", 0
+msg_power_off:  db "power off", 10, 0
 msg_bad_params: db "kemari-guest: bad parameter block (magic or version)", 10, 0
 msg_fatal:      db "kemari-guest: fatal exception ", 0
 number:         times 20 db 0
