@@ -627,7 +627,9 @@ export class Primary extends EventEmitter {
    * From the call on, the VM is never resumed again and no checkpoint starts by itself. Then: a last checkpoint of
    * the paused VM (unless `finalEpoch: false`), every epoch acked (their outputs released: the guest's last words
    * leave), STAND_DOWN to the secondary, and its confirmation, after which it never promotes by itself. Resolves
-   * with the final epoch once confirmed; the primary is then closed ('stood-down' is emitted first).
+   * with the final epoch once confirmed; the primary is then closed ('stood-down' is emitted first). A capture that
+   * finds the VM gone meanwhile (KEMARI_QEMU_EXITED: a QEMU that exits with its guest) is no failover: the stand-down
+   * goes on without that epoch.
    *
    * Rejects, leaving the primary protecting (or, after a loss, reconnecting) with its VM held paused, when it is not
    * protected now (KEMARI_NOT_PROTECTED: the secondary may not hold a committed epoch of this session), when the
@@ -1100,6 +1102,11 @@ export class Primary extends EventEmitter {
       // Whatever the capture took is gone: only a full sync is sure to bring the secondary back in step.
       this.needFull = true;
       this.carry = [];
+      if (error instanceof KemariError && error.code === 'KEMARI_QEMU_EXITED' && this.standing !== undefined) {
+        // A guest that stopped on its own, whose QEMU ended during the last capture: the stand-down goes on without
+        // that epoch (as with finalEpoch: false), not a failover.
+        return;
+      }
       if (error instanceof KemariError && error.code === 'KEMARI_QEMU_EXITED') {
         // The VM itself is gone: a fatal fault, handed over at once, not a lost secondary.
         void this.reportFault({ source: 'vm', severity: 'fatal', detail: error.message });

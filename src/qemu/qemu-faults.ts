@@ -7,7 +7,9 @@
  * write), except ENOSPC, which is kemari's own backpressure when an epoch's disk log is full (a warning, and the
  * STOP QEMU follows it with is expected); a STOP kemari did not ask for (QEMU paused the guest on an error); SHUTDOWN caused by the host (a signal,
  * a QMP quit); the QMP session closing or the process exiting. Warnings: a guest-initiated SHUTDOWN or RESET (the
- * guest meant it), everything else is ignored. {@link classifyQemuEvent} is the pure decision; {@link watchQemuFaults}
+ * guest meant it; after a guest's SHUTDOWN, the STOP of a QEMU run with `-no-shutdown` is expected, and
+ * `onGuestStopped` hears of it: the guest stopped on its own, which calls for a stand-down, not a failover),
+ * everything else is ignored. {@link classifyQemuEvent} is the pure decision; {@link watchQemuFaults}
  * wires it to a running QEMU.
  */
 import type { QmpClient } from './qmp-client.js';
@@ -19,6 +21,12 @@ export interface QemuFault {
   source: 'qmp' | 'qemu';
   severity: 'fatal' | 'warning';
   detail: string;
+}
+
+/** True for a SHUTDOWN the guest asked for (it powered itself off), not one caused by the host. */
+export function isGuestShutdown(event: QmpEvent): boolean {
+  if (event.event !== 'SHUTDOWN') return false;
+  return event.data.guest === true || String(event.data.reason ?? '').startsWith('guest-');
 }
 
 /** Decides what a QMP event means; `ownStop` says whether kemari itself stopped the VM (a checkpoint). */
@@ -35,9 +43,7 @@ export function classifyQemuEvent(event: QmpEvent, ownStop: boolean): QemuFault 
     case 'STOP':
       return ownStop ? undefined : { source: 'qmp', severity: 'fatal', detail: 'STOP: QEMU paused the guest on its own' };
     case 'SHUTDOWN': {
-      const reason = String(data.reason ?? 'unknown');
-      const byGuest = data.guest === true || reason.startsWith('guest-');
-      return { source: 'qmp', severity: byGuest ? 'warning' : 'fatal', detail: `SHUTDOWN (${reason})` };
+      return { source: 'qmp', severity: isGuestShutdown(event) ? 'warning' : 'fatal', detail: `SHUTDOWN (${String(data.reason ?? 'unknown')})` };
     }
     case 'RESET':
       return { source: 'qmp', severity: 'warning', detail: `RESET (${String(data.reason ?? 'unknown')})` };
@@ -55,9 +61,15 @@ export interface QemuFaultSources {
 
 /**
  * Reports every fault of a running QEMU to `report` (e.g. `(f) => primary.reportFault(f)`), the process's end
- * once. `ownStop()` must say true while kemari's own `stop` is in effect. Returns a function that stops watching.
+ * once. `ownStop()` must say true while kemari's own `stop` is in effect. `onGuestStopped` hears of every SHUTDOWN
+ * the guest asked for (after its warning was reported). Returns a function that stops watching.
  */
-export function watchQemuFaults(sources: QemuFaultSources, report: (fault: QemuFault) => void, ownStop: () => boolean): () => void {
+export function watchQemuFaults(
+  sources: QemuFaultSources,
+  report: (fault: QemuFault) => void,
+  ownStop: () => boolean,
+  onGuestStopped?: (detail: string) => void,
+): () => void {
   let watching = true;
   let ended = false;
   const end = (detail: string): void => {
@@ -65,18 +77,20 @@ export function watchQemuFaults(sources: QemuFaultSources, report: (fault: QemuF
     ended = true;
     report({ source: 'qemu', severity: 'fatal', detail });
   };
-  // After a no-space BLOCK_IO_ERROR, QEMU stops the guest itself (runstate io-error): that STOP is expected.
-  let noSpaceStop = false;
+  // After a no-space BLOCK_IO_ERROR, QEMU stops the guest itself (runstate io-error): that STOP is expected. So is
+  // the STOP after a guest's own SHUTDOWN in a QEMU run with -no-shutdown (runstate shutdown).
+  let expectedStop = false;
   const onEvent = (event: QmpEvent): void => {
     if (!watching) return;
-    if (event.event === 'BLOCK_IO_ERROR' && event.data.nospace === true) noSpaceStop = true;
-    if (event.event === 'STOP' && noSpaceStop) {
-      noSpaceStop = false;
+    if ((event.event === 'BLOCK_IO_ERROR' && event.data.nospace === true) || isGuestShutdown(event)) expectedStop = true;
+    if (event.event === 'STOP' && expectedStop) {
+      expectedStop = false;
       return;
     }
-    if (event.event === 'RESUME') noSpaceStop = false;
+    if (event.event === 'RESUME') expectedStop = false;
     const fault = classifyQemuEvent(event, ownStop());
     if (fault !== undefined) report(fault);
+    if (isGuestShutdown(event)) onGuestStopped?.(fault?.detail ?? 'SHUTDOWN');
   };
   sources.qmp.on('event', onEvent);
   void sources.qmp.closed.then((reason) => end(`the QMP session closed: ${reason.message}`));

@@ -66,21 +66,22 @@ function receiver(log: string[]) {
 }
 
 describe('QemuFaultGuard', () => {
-  it("reports QEMU's death before the capture it broke fails, once, and a pause of the dead QEMU succeeds", async () => {
+  it("reports QEMU's death before the capture it broke fails (as KEMARI_QEMU_EXITED, the stream's error its cause), once, and a pause of the dead QEMU succeeds", async () => {
     const qemu = fakeQemu();
     const guard = new QemuFaultGuard(qemu.vm);
     const log: string[] = [];
     guard.watch(receiver(log));
     const capture = guard.capture({ full: false, digest: false }).then(
       () => log.push('captured'),
-      (error: KemariError) => log.push(`capture failed ${error.code}`),
+      (error: KemariError) => log.push(`capture failed ${error.code} (${(error.cause as KemariError).code})`),
     );
     qemu.kill();
     await capture;
-    expect(log).toEqual(['fault fatal qemu', 'capture failed KEMARI_MIGRATION_FORMAT']);
+    const expected = ['fault fatal qemu', 'capture failed KEMARI_QEMU_EXITED (KEMARI_MIGRATION_FORMAT)'];
+    expect(log).toEqual(expected);
     await guard.pause();
     await new Promise((resolve) => setTimeout(resolve, 50));
-    expect(log).toEqual(['fault fatal qemu', 'capture failed KEMARI_MIGRATION_FORMAT']);
+    expect(log).toEqual(expected);
     await expect(guard.resume()).rejects.toMatchObject({ code: 'KEMARI_QEMU_EXITED' });
   });
 

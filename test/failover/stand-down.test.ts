@@ -43,7 +43,16 @@ class StandDownDropping extends ForwardingConnection {
   }
 }
 
-async function setup(options: { witness?: boolean; dropStandDown?: boolean; intervalMs?: number } = {}) {
+/** A SimulatedVm whose captures fail as a QEMU's do once the process is gone. */
+class DyingVm extends SimulatedVm {
+  gone = false;
+  override capture(options: Parameters<SimulatedVm['capture']>[0]): ReturnType<SimulatedVm['capture']> {
+    if (this.gone) throw new KemariError('KEMARI_QEMU_EXITED', 'QEMU exited (code 0)');
+    return super.capture(options);
+  }
+}
+
+async function setup(options: { witness?: boolean; dropStandDown?: boolean; intervalMs?: number; vm?: SimulatedVm } = {}) {
   let arbiters: { primary: WitnessArbiter; secondary: WitnessArbiter } | undefined;
   if (options.witness === true) {
     const witness = await WitnessServer.listen();
@@ -61,7 +70,7 @@ async function setup(options: { witness?: boolean; dropStandDown?: boolean; inte
     ...(arbiters === undefined ? {} : { arbiter: arbiters.secondary, leaseTtlMs: LEASE_TTL_MS }),
   });
   cleanups.push(() => secondary.close());
-  const vm = new SimulatedVm({ memoryBytes: 1 << 20, seed: 41 });
+  const vm = options.vm ?? new SimulatedVm({ memoryBytes: 1 << 20, seed: 41 });
   let dropping: StandDownDropping | undefined;
   const primary = await Primary.start({
     vm,
@@ -150,6 +159,20 @@ describe('stand-down: a guest that stops on its own is not resumed by the standb
     expect(result.txn).toBe(secondary.committedTxn);
     await expect(orphan).rejects.toMatchObject({ code: 'KEMARI_CLOSED' });
     expect(secondary.state).toBe('stood-down');
+  });
+
+  it('a VM found gone by the last capture (its QEMU exited after the guest powered off): the stand-down goes on without that epoch, no failover', async () => {
+    const vm = new DyingVm({ memoryBytes: 1 << 20, seed: 42 });
+    const { secondary, primary, promoted } = await setup({ vm, intervalMs: 3_600_000 });
+    const quiesced: unknown[] = [];
+    primary.on('quiesced', (p) => quiesced.push(p));
+    const committed = secondary.committedTxn;
+    vm.gone = true;
+    const result = await primary.standDown('SHUTDOWN (guest-shutdown)');
+    expect(result.txn).toBe(committed);
+    expect(secondary.state).toBe('stood-down');
+    expect(quiesced).toEqual([]);
+    expect(promoted).toEqual([]);
   });
 
   it('refuses when not protected: KEMARI_NOT_PROTECTED, and a second call while one runs: KEMARI_BUSY', async () => {

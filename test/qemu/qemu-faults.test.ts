@@ -66,6 +66,26 @@ describe.skipIf(!HAS_QEMU)(`QEMU faults from a real QEMU (${HAS_QEMU ? 'qemu pre
     expect(faults[0]).toMatchObject({ source: 'qemu', severity: 'fatal' });
   });
 
+  it('a guest that powers off under -no-shutdown: a warning, the STOP after it is expected, and onGuestStopped hears of it', async () => {
+    const qemu = await fleet.start(['-no-shutdown']);
+    const faults: QemuFault[] = [];
+    const stopped: string[] = [];
+    watchQemuFaults(qemu, (f) => faults.push(f), () => false, (detail) => stopped.push(detail));
+    const stop = qemu.qmp.waitForEvent('STOP');
+    let stopSeen = false;
+    void stop.then(() => (stopSeen = true), () => {});
+    // The ACPI S5 write a powering-off guest makes (PM1a_CNT of the pc machine's PIIX4): QEMU takes it for the guest's
+    // own shutdown. Repeated until it takes: the port exists once SeaBIOS has set the PM base, early in its POST.
+    for (let tries = 0; !stopSeen && tries < 50; tries++) {
+      await qemu.qmp.execute('human-monitor-command', { 'command-line': 'o /w 0x604 0x2000' });
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await stop;
+    await new Promise((r) => setTimeout(r, 100));
+    expect(faults).toEqual([{ source: 'qmp', severity: 'warning', detail: 'SHUTDOWN (guest-shutdown)' }]);
+    expect(stopped).toEqual(['SHUTDOWN (guest-shutdown)']);
+  });
+
   it('a stop QEMU decided on its own (stop from another client) is fatal', async () => {
     const qemu = await fleet.start();
     const faults: QemuFault[] = [];
