@@ -9,6 +9,7 @@ import type { Fault, PrimaryOptions } from '../primary/primary.js';
 import type { Endpoint } from '../transport/index.js';
 import { arbiterFrom, parseCount, parseEndpoint, parseSync } from './args.js';
 import { CliQemuGuest } from './qemu-guest.js';
+import type { GuardStandDown } from './qemu-fault-guard.js';
 import { QEMU_FLAGS_HELP, QEMU_FLAG_OPTIONS, qemuMachineArgs, socketDir } from './qemu-options.js';
 import { runProtection } from './protection.js';
 import { Reporter } from './reporter.js';
@@ -32,7 +33,8 @@ The VM (the simulated guest unless --qemu-image or --qmp is given):
   --qemu-image PATH        launch QEMU on this raw disk image, served by kemari over NBD, so every disk write
                            rides in its epoch (writes land in the file); its serial port (COM1) is tapped: output
                            leaves (stdout or --serial-out) only once its epoch is acked. QEMU's faults and death
-                           hand over to the standby at once. Stopping kemari stops this QEMU.
+                           hand over to the standby at once; a guest that powers itself off ends protection
+                           instead (the standby stands down, status 0). Stopping kemari stops this QEMU.
   --qmp PATH               or attach to a QEMU that already runs, by its QMP socket. Its disk is NOT captured
                            (kemari does not serve it: give the standby the same disk, and expect it to hold writes
                            of epochs that never committed) and its serial output is NOT held back. Memory and
@@ -194,12 +196,32 @@ async function protectQemu(ctx: {
     primary.on('fault', (fault: Fault) => reporter.event('fault', { ...fault }, `${fault.severity} fault from ${fault.source}${fault.detail === undefined ? '' : `: ${fault.detail}`}`));
     guest.bind(primary);
     const stopper = new AbortController();
-    const ended = await Promise.race([
-      untilStopped(AbortSignal.any([ctx.signal, stopper.signal])).then((why) => ({ why, gone: undefined })),
-      guest.guard.gone.then((gone) => ({ why: 'qemu-exited', gone })),
+    const guard = guest.guard;
+    let ended: { why: string; gone?: string; standDown?: GuardStandDown } = await Promise.race([
+      untilStopped(AbortSignal.any([ctx.signal, stopper.signal])).then((why) => ({ why })),
+      guard.gone.then((gone) => ({ why: 'qemu-exited', gone })),
+      guard.standDown.then((standDown) => ({ why: 'guest-stopped', standDown })),
     ]);
+    // A QEMU that ended because its guest powered itself off: the stand-down's outcome decides, not the death.
+    if (ended.standDown === undefined && ended.gone !== undefined && guard.guestStoppedReason !== undefined) ended = { why: 'guest-stopped', standDown: await guard.standDown };
     stopper.abort();
     const stats = primary.stats();
+    if (ended.standDown !== undefined) {
+      const outcome = ended.standDown;
+      if ('stoodDown' in outcome) {
+        reporter.event(
+          'stood-down',
+          { txn: outcome.stoodDown.txn, reason: outcome.stoodDown.reason, epochs: stats.epochs, outputsReleased: stats.outputsReleased },
+          `the guest powered itself off (${outcome.stoodDown.reason}): protection ended at txn ${outcome.stoodDown.txn}; the standby stood down and will not resume it`,
+        );
+        return 0;
+      }
+      const error = outcome.error;
+      reporter.error(`the guest powered itself off, but the standby did not confirm the stand-down (${error instanceof Error ? error.message : String(error)}): it may take over`, {
+        code: error instanceof KemariError ? error.code : undefined,
+      });
+      return 1;
+    }
     if (ended.gone !== undefined) {
       // The guard reported the death: the primary quiesced and queued FAILOVER; let it reach the standby.
       await new Promise((resolve) => setTimeout(resolve, FAILOVER_DRAIN_MS));

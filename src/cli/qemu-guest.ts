@@ -60,7 +60,9 @@ export class CliQemuGuest {
     let tap: SerialTap | undefined;
     try {
       tap = await SerialTap.listen({ path: join(options.dir, 'serial.sock'), sink: sink.sink, output: options.outside.write });
-      const vm = await QemuVm.launch({ machineArgs: options.machineArgs, extraArgs: tap.qemuArgs(), dir: options.dir, disk: backend, startPaused: true });
+      // -no-shutdown: a guest that powers itself off stops QEMU instead of ending it, so the stand-down captures its
+      // last epoch (its last outputs leave) before the QEMU is closed.
+      const vm = await QemuVm.launch({ machineArgs: options.machineArgs, extraArgs: [...tap.qemuArgs(), '-no-shutdown'], dir: options.dir, disk: backend, startPaused: true });
       return new CliQemuGuest(new QemuFaultGuard(vm), tap, backend, true, sink);
     } catch (error) {
       await tap?.close();

@@ -146,7 +146,9 @@ export class CliQemuStandby {
     const disk = disks[0];
     const standby = await QemuStandby.start({
       machineArgs: this.options.machineArgs,
-      extraArgs: this.tap.qemuArgs(),
+      // A guest that powers itself off after a takeover stops instead of ending QEMU: its last epoch can be captured
+      // when it is protected again (QemuFaultGuard stands down).
+      extraArgs: [...this.tap.qemuArgs(), '-no-shutdown'],
       dir,
       ...(disk === undefined ? {} : { diskBytes: disk.bytes, diskId: disk.id }),
     });

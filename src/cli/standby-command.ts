@@ -12,7 +12,7 @@ import type { QemuVm } from '../qemu/qemu-vm.js';
 import { PendingReplay } from '../qemu/taps/replay.js';
 import { SERIAL_CHANNEL_DEFAULT } from '../qemu/taps/serial-tap.js';
 import { Secondary } from '../secondary/secondary.js';
-import type { Promotion, SecondaryCommit } from '../secondary/secondary.js';
+import type { Promotion, SecondaryCommit, StoodDown } from '../secondary/secondary.js';
 import type { VmAdapter } from '../vm/adapter.js';
 import type { SimulatedVm } from '../vm/simulated-vm.js';
 import type { Hello } from '../wire/bodies/hello.js';
@@ -167,9 +167,18 @@ export async function standbyCommand(argv: string[], io: CliIo, signal: AbortSig
   let stopWatching: (() => void) | undefined;
   let stopping = false;
   const promoted = new Promise<Promotion<VmAdapter>>((resolve) => secondary.once('promoted', resolve));
+  const stoodDown = new Promise<StoodDown>((resolve) => secondary.once('stood-down', resolve));
   const stopped = untilStopped(signal);
-  const first = await Promise.race([promoted.then((p) => ({ p })), stopped.then((why) => ({ why }))]);
+  const first = await Promise.race([promoted.then((p) => ({ p })), stoodDown.then((down) => ({ why: 'stood-down', down })), stopped.then((why) => ({ why }))]);
   clearInterval(timer);
+  if ('down' in first) {
+    // The guest stopped on its own: nothing to take over, now or later.
+    reporter.event(
+      'stood-down',
+      { txn: first.down.txn, reason: first.down.reason },
+      `the protected guest stopped on its own (${first.down.reason}) at txn ${first.down.txn}: standing down, it will not be resumed here`,
+    );
+  }
   if ('p' in first) {
     const promotion = first.p;
     reporter.event(

@@ -185,6 +185,67 @@ describe.skipIf(SKIP)(`kemari with a real QEMU (${SKIP ? SKIP_MESSAGE : 'qemu an
     expect(first.io.err.join('') + second.io.err.join('')).toBe('');
   });
 
+  it('protect --qemu-image: a guest that powers itself off ends protection; its last lines are released, the standby stands down and resumes nothing', async () => {
+    const dir = tempDir();
+    cleanups.push(() => dir.remove());
+    // The guest starts after the full sync (QEMU is launched stopped): 150 ticks later it powers off.
+    const { imagePath, params } = await buildGuest({ ...GUEST, powerOffAfterTicks: 150 }, dir.path);
+    const common = ['--session', 'cli-off', '--verify', '--json', '--status-ms', '200'];
+    const standby = start(['standby', '--listen', '127.0.0.1:0', '--qemu', '--qemu-dir', join(dir.path, 's'), ...common]);
+    const port = (await waitFor(() => standby.io.events().find((e) => e.event === 'listening'), 'the standby')).port as number;
+    const protect = start(['protect', '--secondary', `127.0.0.1:${port}`, '--qemu-image', imagePath, '--qemu-dir', join(dir.path, 'p'), ...common]);
+    const starting = await waitFor(() => protect.io.events().find((e) => e.event === 'starting'), 'QEMU to start');
+    pids.add(starting.pid as number);
+    pids.add((await waitFor(() => standby.io.events().find((e) => e.event === 'standby-ready'), 'the standby QEMU')).pid as number);
+
+    expect(await protect.done).toBe(0);
+    const stood = protect.io.events().find((e) => e.event === 'stood-down');
+    expect(stood?.reason).toBe('SHUTDOWN (guest-shutdown)');
+    expect(protect.io.events().some((e) => e.event === 'quiesced' || e.event === 'qemu-exited')).toBe(false);
+    // Every line the guest printed left, the last one ('power off', after tick 150) with the stand-down's last epoch.
+    const text = serialText(protect.io.events(), 'primary');
+    expect(text.endsWith(`tick ${params.powerOffAfterTicks}\npower off\n`)).toBe(true);
+    ticksOf(text).forEach((n, i) => expect(n).toBe((i + 1) * params.serialEveryTicks));
+    // The launched QEMU is closed with the command.
+    expect(() => process.kill(starting.pid as number, 0)).toThrow();
+
+    const down = await waitFor(() => standby.io.events().find((e) => e.event === 'stood-down'), 'the standby to stand down');
+    expect(down.txn).toBe(stood?.txn);
+    expect(await standby.done).toBe(0);
+    expect(standby.io.events().some((e) => e.event === 'promoted')).toBe(false);
+    expect(standby.io.events().find((e) => e.event === 'stopped')?.why).toBe('stood-down');
+    expect(standby.io.err.join('')).toBe('');
+  });
+
+  it('protect --qmp on a QEMU that exits when its guest powers off (no -no-shutdown): the standby stands down all the same', async () => {
+    const dir = tempDir();
+    cleanups.push(() => dir.remove());
+    const { imagePath } = await buildGuest({ ...GUEST, powerOffAfterTicks: 400 }, dir.path);
+    const copy = join(dir.path, 'standby.img');
+    copyFileSync(imagePath, copy);
+    const qmpPath = join(dir.path, 'kemari-qmp.sock');
+    const qemu = await startQemu({
+      args: ['-machine', 'pc,accel=tcg', '-m', '32', '-nodefaults', '-display', 'none', '-drive', `file=${imagePath},format=raw,if=ide,file.locking=off`, '-serial', 'null', '-qmp', `unix:${qmpPath},server=on,wait=off`],
+      qmpSocketPath: join(dir.path, 'qmp.sock'),
+    });
+    pids.add(qemu.pid);
+    const common = ['--session', 'cli-off-attach', '--json', '--status-ms', '200'];
+    const standby = start(['standby', '--listen', '127.0.0.1:0', '--qemu', '--qemu-arg=-drive', `--qemu-arg=file=${copy},format=raw,if=ide,file.locking=off`, ...common]);
+    const port = (await waitFor(() => standby.io.events().find((e) => e.event === 'listening'), 'the standby')).port as number;
+    const protect = start(['protect', '--secondary', `127.0.0.1:${port}`, '--qmp', qmpPath, ...common]);
+    await waitFor(() => protect.io.events().find((e) => e.event === 'protected'), 'protection');
+    pids.add((await waitFor(() => standby.io.events().find((e) => e.event === 'standby-ready'), 'the standby QEMU')).pid as number);
+
+    expect((await qemu.exited).code).toBe(0);
+    expect(await protect.done).toBe(0);
+    const stood = protect.io.events().find((e) => e.event === 'stood-down');
+    expect(stood?.reason).toBe('SHUTDOWN (guest-shutdown)');
+    expect(protect.io.events().some((e) => e.event === 'quiesced')).toBe(false);
+    expect((await waitFor(() => standby.io.events().find((e) => e.event === 'stood-down'), 'the standby to stand down')).txn).toBe(stood?.txn);
+    expect(await standby.done).toBe(0);
+    expect(standby.io.events().some((e) => e.event === 'promoted')).toBe(false);
+  });
+
   it('protect --qmp attaches to a running QEMU (memory and devices only): its death fails over to a standby given the same disk', async () => {
     const dir = tempDir();
     cleanups.push(() => dir.remove());
