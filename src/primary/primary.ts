@@ -589,6 +589,7 @@ export class Primary extends EventEmitter {
       details: { source: fault.source, ackedTxn: this.ackedTxnNow },
     });
     this.tap.discard(error);
+    this.standing?.failed(error);
     this.postMortemNow = { fault, ackedTxn: this.ackedTxnNow, inFlight: this.pending.length, vm: this.vm };
     // A VM that died (QEMU killed) cannot be paused, and need not be: the handover goes out regardless.
     await this.onVm(() => this.vm.pause()).catch(() => {});
@@ -1269,7 +1270,6 @@ export class Primary extends EventEmitter {
     }
     this.lastError = error;
     this.sessionUp = false;
-    this.standing?.failed(error);
     this.stopTimers();
     this.core.connectionLost();
     this.sendQueue.length = 0;
@@ -1301,6 +1301,8 @@ export class Primary extends EventEmitter {
       if (this.lossPolicy === 'continue') this.tap.passThrough(() => this.mayRelease());
       if (wasProtected) this.emit('unprotected', { error, policy: this.lossPolicy });
     }
+    // Failed once no longer protected: its pump() then starts nothing on the lost session.
+    this.standing?.failed(error);
     this.scheduleReconnect();
   }
 

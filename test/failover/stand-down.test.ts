@@ -198,6 +198,17 @@ describe('stand-down: a guest that stops on its own is not resumed by the standb
     expect(vm.paused).toBe(true);
   });
 
+  it('a fatal fault during the stand-down quiesces the primary and rejects the stand-down with it (the standby takes over after all)', async () => {
+    const { secondary, primary } = await setup({ dropStandDown: true });
+    const pending = primary.standDown('guest powered off', { timeoutMs: 20_000 });
+    const promotedNow = new Promise((resolve) => secondary.once('promoted', resolve));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    await primary.reportFault({ source: 'test', severity: 'fatal', detail: 'the host failed meanwhile' });
+    await expect(pending).rejects.toMatchObject({ code: 'KEMARI_QUIESCED' });
+    expect(primary.state).toBe('quiesced');
+    await promotedNow;
+  });
+
   it('a lost session during the stand-down rejects it with the loss, and the VM stays paused', async () => {
     const { secondary, primary, vm } = await setup({ dropStandDown: true });
     const pending = primary.standDown('guest powered off', { timeoutMs: 5000 });
