@@ -157,7 +157,8 @@ const FAILOVER_DRAIN_MS = 500;
 
 /**
  * `kemari protect` with a real QEMU: launches or attaches, protects it through its fault guard, and runs until
- * stopped or until QEMU dies (then the primary has quiesced and handed over; the command ends with status 1).
+ * stopped, until QEMU dies (then the primary has quiesced and handed over; the command ends with status 1), or until
+ * the guest powers itself off (the primary stands down: status 0 once the standby confirmed, 1 if it did not).
  */
 async function protectQemu(ctx: {
   values: { 'qemu-image'?: string | undefined; qmp?: string | undefined; 'qemu-dir'?: string | undefined; 'serial-out'?: string | undefined; json: boolean };
@@ -217,7 +218,7 @@ async function protectQemu(ctx: {
         return 0;
       }
       const error = outcome.error;
-      reporter.error(`the guest powered itself off, but the standby did not confirm the stand-down (${error instanceof Error ? error.message : String(error)}): it may take over`, {
+      reporter.error(`the guest powered itself off, but the standby did not confirm the stand-down (${error instanceof Error ? error.message : String(error)}): whether it takes over is unknown`, {
         code: error instanceof KemariError ? error.code : undefined,
       });
       return 1;

@@ -14,7 +14,8 @@
  *
  * A guest that powers itself off is not a failure: QEMU reports SHUTDOWN (guest), then stops (run with
  * `-no-shutdown`, as `kemari protect` launches it) or exits. The guard then asks the Primary to stand down at once
- * (Primary.standDown: a last epoch when QEMU stayed, none when it has exited), so the standby does not resume the guest;
+ * (Primary.standDown: its last capture succeeds when QEMU stayed, and finds QEMU gone, so no last epoch, when it
+ * exited), so the standby does not resume the guest;
  * from then on it never resumes the VM itself, and QEMU's end is not reported as a death. Should the stand-down fail
  * (not protected, no confirmation), QEMU's end is reported after all: the standby may then take over, as before. Once Primary.reportFault tolerates a failed pause and treats a VM failure as a fault rather than a
  * link failure, only the watching is left.

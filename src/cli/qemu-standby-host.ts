@@ -146,9 +146,7 @@ export class CliQemuStandby {
     const disk = disks[0];
     const standby = await QemuStandby.start({
       machineArgs: this.options.machineArgs,
-      // A guest that powers itself off after a takeover stops instead of ending QEMU: its last epoch can be captured
-      // when it is protected again (QemuFaultGuard stands down).
-      extraArgs: [...this.tap.qemuArgs(), '-no-shutdown'],
+      extraArgs: this.tap.qemuArgs(),
       dir,
       ...(disk === undefined ? {} : { diskBytes: disk.bytes, diskId: disk.id }),
     });

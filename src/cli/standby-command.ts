@@ -165,6 +165,8 @@ export async function standbyCommand(argv: string[], io: CliIo, signal: AbortSig
   let guest: SimulatedGuest | undefined;
   let stopProtection: (() => void) | undefined;
   let stopWatching: (() => void) | undefined;
+  /** The guard of a promoted QEMU protected again: its guest powering itself off ends this command too. */
+  let reprotected: QemuFaultGuard | undefined;
   let stopping = false;
   const promoted = new Promise<Promotion<VmAdapter>>((resolve) => secondary.once('promoted', resolve));
   const stoodDown = new Promise<StoodDown>((resolve) => secondary.once('stood-down', resolve));
@@ -225,6 +227,7 @@ export async function standbyCommand(argv: string[], io: CliIo, signal: AbortSig
         if (guard !== undefined) {
           primary.on('fault', (fault: Fault) => reporter.event('fault', { ...fault }, `${fault.severity} fault from ${fault.source}${fault.detail === undefined ? '' : `: ${fault.detail}`}`));
           const unwatch = guard.watch(primary);
+          reprotected = guard;
           qemu?.standby.setSink((channel, data) => primary.tap.output(channel, data));
           stopWatching = unwatch;
         }
@@ -241,7 +244,24 @@ export async function standbyCommand(argv: string[], io: CliIo, signal: AbortSig
       reporter.event('running', { txn: promotion.txn, ...(pid === undefined ? {} : { pid }) }, `the VM runs here now${pid === undefined ? '' : ` (QEMU pid ${pid})`}, unprotected (give --then-protect to protect it again)`);
     }
   }
-  const why = 'why' in first ? first.why : await stopped;
+  let why: string;
+  if ('why' in first) why = first.why;
+  else {
+    const ended = await Promise.race([stopped.then((w) => ({ w })), ...(reprotected === undefined ? [] : [reprotected.standDown.then((outcome) => ({ outcome }))])]);
+    if ('w' in ended) why = ended.w;
+    else {
+      why = 'stood-down';
+      const outcome = ended.outcome;
+      if ('stoodDown' in outcome) {
+        reporter.event('stood-down', { txn: outcome.stoodDown.txn, reason: outcome.stoodDown.reason }, `the guest powered itself off (${outcome.stoodDown.reason}): protection ended at txn ${outcome.stoodDown.txn}; the next standby stood down`);
+      } else {
+        const error = outcome.error;
+        reporter.error(`the guest powered itself off, but the next standby did not confirm the stand-down (${error instanceof Error ? error.message : String(error)}): whether it takes over is unknown`, {
+          code: error instanceof KemariError ? error.code : undefined,
+        });
+      }
+    }
+  }
   stopping = true;
   stopWatching?.();
   stopProtection?.();

@@ -41,6 +41,7 @@ import { hostname } from 'node:os';
 import { encodeFrame } from '../wire/encoder.js';
 import { FrameType } from '../wire/header.js';
 import { PeerState } from '../wire/bodies/heartbeat.js';
+import { REASON_MESSAGE_BYTES_MAX } from '../wire/bodies/reason.js';
 import type { SenderEvent } from '../txn/sender-core.js';
 import type { VmAdapter } from '../vm/adapter.js';
 import type { EncodedFrame } from '../wire/encoder.js';
@@ -376,8 +377,10 @@ export class Primary extends EventEmitter {
   private vmHeld = false;
   /** A stand-down in progress: no checkpoint starts by itself; settled by the confirmation, a loss or its timeout. */
   private standing:
-    | { reason: string; acked: (() => void) | undefined; confirmed: (txn: number) => void; failed: (error: KemariError) => void }
+    | { reason: string; wake: (() => void) | undefined; confirmed: (txn: number) => void; failed: (error: KemariError) => void }
     | undefined;
+  /** The epoch a STAND_DOWN was last sent at: a confirmation arriving after its stand-down timed out still counts. */
+  private standDownSentTxn: number | undefined;
 
   private constructor(options: PrimaryOptions, connection: Connection, keeper: LeaseKeeper | undefined) {
     super();
@@ -632,37 +635,51 @@ export class Primary extends EventEmitter {
    * finds the VM gone meanwhile (KEMARI_QEMU_EXITED: a QEMU that exits with its guest) is no failover: the stand-down
    * goes on without that epoch.
    *
-   * Rejects, leaving the primary protecting (or, after a loss, reconnecting) with its VM held paused, when it is not
-   * protected now (KEMARI_NOT_PROTECTED: the secondary may not hold a committed epoch of this session), when the
-   * session is lost or refused meanwhile (that error), when the secondary does not confirm within `timeoutMs`
-   * (KEMARI_TIMEOUT; a secondary that does not know STAND_DOWN ends the session instead), or when closed
-   * (KEMARI_CLOSED). Until a stand-down is confirmed, the standby may still take over (a FAILOVER, or the lease).
+   * Called while the session is down (syncing, unprotected, paused: a loss just before the guest stopped), or losing
+   * it meanwhile, it waits for protection to come back (the resync runs, of the held VM) and goes on; STAND_DOWN is
+   * sent again after a loss. `timeoutMs` bounds the whole of it: the waits, the last capture and its transfer, the
+   * confirmation (for a large guest over a slow link, give more than the default).
+   *
+   * Rejects, leaving the primary protecting (or reconnecting) with its VM held paused, when it was never protected
+   * or is quiesced or closed (KEMARI_NOT_PROTECTED: the VM is held all the same), when it is not confirmed within
+   * `timeoutMs` (KEMARI_TIMEOUT; a secondary that does not know STAND_DOWN ends the session instead), when a fatal
+   * fault quiesces it meanwhile (KEMARI_QUIESCED), or when closed (KEMARI_CLOSED). Until a stand-down is confirmed, the
+   * standby may still take over (a FAILOVER, or the lease). A confirmation arriving after the timeout still closes
+   * the primary and emits 'stood-down'.
    */
   async standDown(reason: string, options: StandDownOptions = {}): Promise<StoodDownPrimary> {
     if (typeof reason !== 'string') throw new KemariError('KEMARI_INVALID_ARGUMENT', 'standDown needs a reason string', { details: { reason } });
+    const reasonBytes = Buffer.byteLength(reason, 'utf8');
+    if (reasonBytes > REASON_MESSAGE_BYTES_MAX) throw new KemariError('KEMARI_INVALID_ARGUMENT', `the stand-down reason is at most ${REASON_MESSAGE_BYTES_MAX} bytes`, { details: { reasonBytes } });
     const timeoutMs = options.timeoutMs ?? 10_000;
     if (!Number.isSafeInteger(timeoutMs) || timeoutMs <= 0) throw new KemariError('KEMARI_INVALID_ARGUMENT', 'standDown timeoutMs must be a positive integer', { details: { timeoutMs } });
     if (this.standing !== undefined) throw new KemariError('KEMARI_BUSY', 'a stand-down is already in progress');
-    if (this.stateNow !== 'protected') {
+    if (this.stateNow === 'closed' || this.stateNow === 'quiesced') {
       throw new KemariError('KEMARI_NOT_PROTECTED', `cannot stand down a primary that is ${this.stateNow}`, { details: { state: this.stateNow } });
     }
+    // Held whatever comes next: the guest stopped on its own, and nothing here runs it again.
     this.vmHeld = true;
+    if (this.stateNow !== 'protected') void this.onVm(() => this.vm.pause()).catch(() => {});
+    if (!this.everProtected) {
+      throw new KemariError('KEMARI_NOT_PROTECTED', `cannot stand down a primary that is ${this.stateNow} and was never protected`, { details: { state: this.stateNow } });
+    }
     let timer: TimerHandle | undefined;
     const settled = new Promise<number>((resolve, reject) => {
       const end = (): void => {
         this.timers.clear(timer);
+        const wake = this.standing?.wake;
         this.standing = undefined;
+        wake?.();
       };
       this.standing = {
         reason,
-        acked: undefined,
+        wake: undefined,
         confirmed: (txn) => {
           end();
-          // Closed at once, before the secondary's end of the connection can look like a loss.
-          const stoodDown: StoodDownPrimary = { txn, reason };
-          this.emit('stood-down', stoodDown);
-          this.close();
           resolve(txn);
+          // Closed at once, before the secondary's end of the connection can look like a loss.
+          this.close();
+          this.emit('stood-down', { txn, reason } satisfies StoodDownPrimary);
         },
         failed: (error) => {
           end();
@@ -671,34 +688,42 @@ export class Primary extends EventEmitter {
         },
       };
       timer = this.timers.setTimeout(
-        () => this.standing?.failed(new KemariError('KEMARI_TIMEOUT', `the secondary did not confirm the stand-down within ${timeoutMs} ms`, { details: { timeoutMs } })),
+        () => this.standing?.failed(new KemariError('KEMARI_TIMEOUT', `the stand-down was not confirmed within ${timeoutMs} ms`, { details: { timeoutMs } })),
         timeoutMs,
       );
     });
     settled.catch(() => {}); // observed below; a failure before that point must not go unhandled
     const standing = this.standing!;
-    // Still this stand-down (not failed meanwhile): read through a function, as the callbacks change it.
+    // Still this stand-down (not settled meanwhile): read through a function, as the callbacks change it.
     const current = (): boolean => this.standing === standing;
+    const over = settled.then(
+      () => {},
+      () => {},
+    );
+    // Sleeps until an ack, a change of state or the end of the stand-down, while `cond` does not hold.
+    const until = async (cond: () => boolean): Promise<void> => {
+      while (current() && !cond()) await new Promise<void>((resolve) => (standing.wake = resolve));
+    };
     this.timers.clear(this.timer);
     this.timer = undefined;
-    // Every epoch sent acked (the pipeline empty, so the last one may begin), then the last one, acked too.
-    const allAcked = (): Promise<void> =>
-      new Promise<void>((resolve) => {
-        if (!current() || this.pending.length === 0) return resolve();
-        standing.acked = resolve;
-        // A loss, a close or the timeout settles `settled` instead: this wait goes with it.
-        settled.then(() => resolve(), () => resolve());
-      });
-    await this.checkpointRun;
-    await allAcked();
-    if (current() && options.finalEpoch !== false) {
-      this.checkpointRun = this.checkpoint();
-      await this.checkpointRun;
-      await allAcked();
-    }
-    if (current()) {
-      if (this.stateNow !== 'protected') standing.failed(new KemariError('KEMARI_NOT_PROTECTED', `the primary is ${this.stateNow}; the stand-down was not sent`));
-      else this.write([encodeFrame({ type: FrameType.STAND_DOWN, txn: 0, seq: 0, body: { committedTxn: this.ackedTxnNow, reason } })]);
+    let lastTaken = options.finalEpoch === false;
+    while (current()) {
+      // Protected (after a loss, the session's resync runs: checkpoints of the held VM), nothing in flight.
+      await until(() => this.stateNow === 'protected');
+      await Promise.race([this.checkpointRun, over]);
+      await until(() => this.stateNow !== 'protected' || this.pending.length === 0);
+      if (!current() || this.stateNow !== 'protected') continue;
+      if (!lastTaken) {
+        lastTaken = true;
+        this.checkpointRun = this.checkpoint();
+        await Promise.race([this.checkpointRun, over]);
+        await until(() => this.stateNow !== 'protected' || this.pending.length === 0);
+        if (!current() || this.stateNow !== 'protected') continue;
+      }
+      this.standDownSentTxn = this.ackedTxnNow;
+      this.write([encodeFrame({ type: FrameType.STAND_DOWN, txn: 0, seq: 0, body: { committedTxn: this.ackedTxnNow, reason } })]);
+      // The confirmation settles it; a loss first sends it again once protected again.
+      await until(() => this.stateNow !== 'protected');
     }
     return { txn: await settled, reason };
   }
@@ -873,8 +898,12 @@ export class Primary extends EventEmitter {
         case 'heartbeat':
           break;
         case 'stood-down':
-          if (this.standing === undefined) this.fail(new KemariError('KEMARI_PROTOCOL', 'STAND_DOWN confirmed, but none was asked for'));
-          else this.standing.confirmed(event.standDown.committedTxn);
+          if (this.standing !== undefined) this.standing.confirmed(event.standDown.committedTxn);
+          else if (this.standDownSentTxn === event.standDown.committedTxn) {
+            // Its stand-down timed out here, but the standby did stand down: it will not take over, and refuses us.
+            this.close();
+            this.emit('stood-down', { txn: event.standDown.committedTxn, reason: event.standDown.reason } satisfies StoodDownPrimary);
+          } else this.fail(new KemariError('KEMARI_PROTOCOL', 'STAND_DOWN confirmed, but none was asked for'));
           return;
         case 'refused':
           this.fail(event.error);
@@ -936,7 +965,7 @@ export class Primary extends EventEmitter {
     this.completed(pending);
     // Committed, and its frames were all received: no one reads the capture's pages any more.
     if (pending.release !== undefined) this.vm.releaseCapture?.(pending.release);
-    if (this.pending.length === 0) this.standing?.acked?.();
+    this.standing?.wake?.();
     this.pump();
   }
 
@@ -985,7 +1014,8 @@ export class Primary extends EventEmitter {
   /** Starts a checkpoint if the controller says so; (re)arms the timer otherwise. */
   private pump(): void {
     if (this.stateNow !== 'syncing' && this.stateNow !== 'protected') return;
-    if (this.capturing || !this.core.canBegin || this.standing !== undefined) return;
+    // A stand-down takes its own last epoch; a resync after a loss during it still runs (of the held VM).
+    if (this.capturing || !this.core.canBegin || (this.standing !== undefined && this.stateNow === 'protected')) return;
     const input = { nowMs: this.clock(), inFlight: this.core.inFlightCount, openOutputs: this.tap.openCount };
     if (this.needFull || this.controller.shouldCapture(input)) {
       this.checkpointRun = this.checkpoint();
@@ -1109,7 +1139,9 @@ export class Primary extends EventEmitter {
         return;
       }
       if (error instanceof KemariError && error.code === 'KEMARI_QEMU_EXITED') {
-        // The VM itself is gone: a fatal fault, handed over at once, not a lost secondary.
+        // The VM itself is gone: a fatal fault, handed over at once, not a lost secondary (unless a guard that saw the
+        // death first quiesced this primary already).
+        if (this.stateNow === 'quiesced') return;
         void this.reportFault({ source: 'vm', severity: 'fatal', detail: error.message });
         return;
       }
@@ -1301,8 +1333,8 @@ export class Primary extends EventEmitter {
       if (this.lossPolicy === 'continue') this.tap.passThrough(() => this.mayRelease());
       if (wasProtected) this.emit('unprotected', { error, policy: this.lossPolicy });
     }
-    // Failed once no longer protected: its pump() then starts nothing on the lost session.
-    this.standing?.failed(error);
+    // A stand-down waits for protection to come back (within its timeout), and then goes on.
+    this.standing?.wake?.();
     this.scheduleReconnect();
   }
 

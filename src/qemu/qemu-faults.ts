@@ -23,10 +23,13 @@ export interface QemuFault {
   detail: string;
 }
 
-/** True for a SHUTDOWN the guest asked for (it powered itself off), not one caused by the host. */
+/**
+ * True for a SHUTDOWN that is the guest powering itself off (reason `guest-shutdown`): not one caused by the host,
+ * nor a guest's reset or panic that `-no-reboot` or a panic action turned into a shutdown (those stay warnings or
+ * faults, and never end protection).
+ */
 export function isGuestShutdown(event: QmpEvent): boolean {
-  if (event.event !== 'SHUTDOWN') return false;
-  return event.data.guest === true || String(event.data.reason ?? '').startsWith('guest-');
+  return event.event === 'SHUTDOWN' && event.data.reason === 'guest-shutdown';
 }
 
 /** Decides what a QMP event means; `ownStop` says whether kemari itself stopped the VM (a checkpoint). */
@@ -43,7 +46,9 @@ export function classifyQemuEvent(event: QmpEvent, ownStop: boolean): QemuFault 
     case 'STOP':
       return ownStop ? undefined : { source: 'qmp', severity: 'fatal', detail: 'STOP: QEMU paused the guest on its own' };
     case 'SHUTDOWN': {
-      return { source: 'qmp', severity: isGuestShutdown(event) ? 'warning' : 'fatal', detail: `SHUTDOWN (${String(data.reason ?? 'unknown')})` };
+      const reason = String(data.reason ?? 'unknown');
+      const byGuest = data.guest === true || reason.startsWith('guest-');
+      return { source: 'qmp', severity: byGuest ? 'warning' : 'fatal', detail: `SHUTDOWN (${reason})` };
     }
     case 'RESET':
       return { source: 'qmp', severity: 'warning', detail: `RESET (${String(data.reason ?? 'unknown')})` };

@@ -739,6 +739,9 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
     this.session = undefined;
     this.timers.clear(session.timer);
     session.core.shutdown(new KemariError('KEMARI_CLOSED', 'the primary stood down'));
+    // Closed gracefully (the confirmation goes out first), and no longer ours: a close() right after must not
+    // destroy it with the confirmation unsent.
+    this.connections.delete(session.connection);
     session.connection.close();
     for (const link of this.heartbeatLinks) link.close();
     const stoodDown: StoodDown = { txn: standDown.committedTxn, reason: standDown.reason };

@@ -16,9 +16,13 @@ import { WitnessArbiter } from '../../src/failover/witness-arbiter.js';
 import { WitnessServer } from '../../src/failover/witness-server.js';
 import { digestHex } from '../../src/replica/state-digest.js';
 import { connect } from '../../src/transport/index.js';
+import { memoryPair } from '../../src/transport/memory.js';
 import { SimulatedVm } from '../../src/vm/simulated-vm.js';
 import { Workload } from '../../src/vm/workload.js';
 import { FrameType, HEADER_BYTES, HeaderOffset } from '../../src/wire/header.js';
+import type { Connection } from '../../src/transport/connection.js';
+import { encodeFrame } from '../../src/wire/encoder.js';
+import { decodeStandDown } from '../../src/wire/bodies/stand-down.js';
 import { ForwardingConnection } from '../helpers/forwarding-connection.js';
 
 const cleanups: Array<() => unknown> = [];
@@ -29,6 +33,13 @@ afterEach(async () => {
 const HEARTBEAT = { intervalMs: 20, missedMax: 4 };
 const LEASE_TTL_MS = 300;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+async function waitUntil(cond: () => boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!cond()) {
+    if (performance.now() > deadline) throw new Error('condition not met in time');
+    await sleep(5);
+  }
+}
 
 /** Drops every write that carries a STAND_DOWN frame: a secondary that never hears it (or never answers). */
 class StandDownDropping extends ForwardingConnection {
@@ -52,7 +63,32 @@ class DyingVm extends SimulatedVm {
   }
 }
 
-async function setup(options: { witness?: boolean; dropStandDown?: boolean; intervalMs?: number; vm?: SimulatedVm } = {}) {
+/** Rewrites every STAND_DOWN to name `committedTxn + delta`: a primary confused about the final epoch. */
+class StandDownRewriting extends ForwardingConnection {
+  constructor(
+    inner: Connection,
+    private readonly delta: number,
+  ) {
+    super(inner);
+  }
+  override write(chunks: readonly Uint8Array[]): boolean {
+    const out: Uint8Array[] = [];
+    for (let i = 0; i < chunks.length; i++) {
+      const c = chunks[i]!;
+      if (c.byteLength === HEADER_BYTES && c[0] === 0x4b && c[HeaderOffset.TYPE] === FrameType.STAND_DOWN) {
+        const decoded = decodeStandDown(chunks[i + 1]!);
+        const frame = encodeFrame({ type: FrameType.STAND_DOWN, txn: 0, seq: 0, body: { ...decoded, committedTxn: decoded.committedTxn + this.delta } });
+        out.push(frame.header, ...frame.body);
+        i += 1;
+      } else out.push(c);
+    }
+    return super.write(out);
+  }
+}
+
+async function setup(
+  options: { witness?: boolean; dropStandDown?: boolean | 'first'; rewriteStandDownTxn?: number; intervalMs?: number; vm?: SimulatedVm; onSecondaryLoss?: 'hold' | 'pause' } = {},
+) {
   let arbiters: { primary: WitnessArbiter; secondary: WitnessArbiter } | undefined;
   if (options.witness === true) {
     const witness = await WitnessServer.listen();
@@ -72,6 +108,7 @@ async function setup(options: { witness?: boolean; dropStandDown?: boolean; inte
   cleanups.push(() => secondary.close());
   const vm = options.vm ?? new SimulatedVm({ memoryBytes: 1 << 20, seed: 41 });
   let dropping: StandDownDropping | undefined;
+  let connections = 0;
   const primary = await Primary.start({
     vm,
     sessionId: 'vm-sd',
@@ -80,8 +117,13 @@ async function setup(options: { witness?: boolean; dropStandDown?: boolean; inte
     sync: { mode: 'periodic', intervalMs: options.intervalMs ?? 5 },
     connector: async () => {
       const connection = await connect({ host: '127.0.0.1', port: secondary.port });
-      return options.dropStandDown === true ? (dropping = new StandDownDropping(connection)) : connection;
+      connections += 1;
+      const drop = options.dropStandDown === true || (options.dropStandDown === 'first' && connections === 1);
+      if (options.rewriteStandDownTxn !== undefined) return new StandDownRewriting(connection, options.rewriteStandDownTxn);
+      return drop ? (dropping = new StandDownDropping(connection)) : connection;
     },
+    reconnectDelayMs: 50,
+    ...(options.onSecondaryLoss === undefined ? {} : { onSecondaryLoss: options.onSecondaryLoss }),
     ...(arbiters === undefined ? {} : { arbiter: arbiters.primary, leaseTtlMs: LEASE_TTL_MS }),
   });
   cleanups.push(() => primary.close());
@@ -149,7 +191,7 @@ describe('stand-down: a guest that stops on its own is not resumed by the standb
     const { secondary, primary, vm } = await setup();
     new Workload(vm, { seed: 6, outputEvery: 0 }).run(10);
     await primary.tap.output('net0', Buffer.from('sent'));
-    // Hold the checkpoints off, then tap an output no epoch carries.
+    // Paused, and the stand-down called in the same turn: no checkpoint comes between this output and it.
     vm.pause();
     const orphan = primary.tap.output('net0', Buffer.from('never captured'));
     orphan.catch(() => {});
@@ -209,13 +251,74 @@ describe('stand-down: a guest that stops on its own is not resumed by the standb
     await promotedNow;
   });
 
-  it('a lost session during the stand-down rejects it with the loss, and the VM stays paused', async () => {
-    const { secondary, primary, vm } = await setup({ dropStandDown: true });
+  it('a session lost during the stand-down: it waits for protection to come back, sends STAND_DOWN again, and is confirmed; the VM stays paused', async () => {
+    const { secondary, primary, vm, dropping } = await setup({ dropStandDown: 'first' });
+    const events: string[] = [];
+    primary.on('unprotected', () => events.push('unprotected'));
+    primary.on('reprotected', () => events.push('reprotected'));
     const pending = primary.standDown('guest powered off', { timeoutMs: 5000 });
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    await secondary.close();
-    await expect(pending).rejects.toMatchObject({ code: expect.stringMatching(/^KEMARI_(PEER_LOST|CONNECTION_CLOSED|NACKED)$/) });
+    // The first STAND_DOWN is lost with its connection.
+    await waitUntil(() => dropping()?.dropped === 1);
+    dropping()!.close();
+    const result = await pending;
+    expect(events).toEqual(['unprotected', 'reprotected']);
+    expect(result.txn).toBe(secondary.committedTxn);
+    expect(secondary.state).toBe('stood-down');
     expect(vm.paused).toBe(true);
-    expect(['unprotected', 'paused', 'connecting']).toContain(primary.state);
+  });
+
+  it('called while the secondary is lost (the pause policy): the VM is held, protection comes back without resuming it, then the stand-down', async () => {
+    const { secondary, primary, vm, dropping } = await setup({ dropStandDown: 'first', onSecondaryLoss: 'pause' });
+    const lost = new Promise((resolve) => primary.once('unprotected', resolve));
+    dropping()!.close();
+    await lost;
+    expect(primary.state).toBe('paused');
+    const resumes: boolean[] = [];
+    const resume = vm.resume.bind(vm);
+    vm.resume = () => {
+      resumes.push(true);
+      resume();
+    };
+    const result = await primary.standDown('guest powered off', { timeoutMs: 5000 });
+    expect(result.txn).toBe(secondary.committedTxn);
+    expect(secondary.state).toBe('stood-down');
+    expect(resumes).toEqual([]);
+    expect(vm.paused).toBe(true);
+  });
+
+  it('a STAND_DOWN naming another epoch is not confirmed: the secondary reports it and goes on replicating', async () => {
+    const { secondary, primary } = await setup({ rewriteStandDownTxn: 1 });
+    const errors: KemariError[] = [];
+    secondary.on('error', (e: KemariError) => errors.push(e));
+    await expect(primary.standDown('guest powered off', { timeoutMs: 300 })).rejects.toMatchObject({ code: 'KEMARI_TIMEOUT' });
+    expect(errors.map((e) => e.code)).toContain('KEMARI_PROTOCOL');
+    expect(secondary.state).toBe('replicating');
+  });
+
+  it('a secondary closed as soon as it stood down still gets its confirmation out (in-memory transport, no kernel buffer)', async () => {
+    let onConnection: ((connection: Connection) => void) | undefined;
+    const secondary = await Secondary.listen({ sessionId: 'vm-mem', heartbeat: HEARTBEAT, acceptor: async (accept) => ((onConnection = accept), { close: async () => {} }) });
+    cleanups.push(() => secondary.close());
+    secondary.once('stood-down', () => void secondary.close());
+    const primary = await Primary.start({
+      vm: new SimulatedVm({ memoryBytes: 1 << 20, seed: 43 }),
+      sessionId: 'vm-mem',
+      heartbeat: HEARTBEAT,
+      connector: async () => {
+        const [a, b] = memoryPair();
+        onConnection!(b);
+        return a;
+      },
+    });
+    cleanups.push(() => primary.close());
+    const result = await primary.standDown('guest powered off', { timeoutMs: 2000 });
+    expect(result.txn).toBeGreaterThan(0);
+  });
+
+  it('a reason over 1024 bytes is refused before anything happens', async () => {
+    const { primary, vm } = await setup();
+    await expect(primary.standDown('x'.repeat(1025))).rejects.toMatchObject({ code: 'KEMARI_INVALID_ARGUMENT' });
+    expect(primary.state).toBe('protected');
+    expect(vm.paused).toBe(false);
   });
 });

@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { classifyQemuEvent, watchQemuFaults } from '../../src/qemu/qemu-faults.js';
+import { classifyQemuEvent, isGuestShutdown, watchQemuFaults } from '../../src/qemu/qemu-faults.js';
 import type { QemuFault } from '../../src/qemu/qemu-faults.js';
 import { HAS_QEMU, NO_QEMU_MESSAGE, QemuFleet, tempDir } from '../helpers/qemu.js';
 
@@ -16,6 +16,11 @@ describe('classifyQemuEvent', () => {
     expect(classifyQemuEvent(event('SHUTDOWN', { guest: true, reason: 'guest-shutdown' }), false)?.severity).toBe('warning');
     expect(classifyQemuEvent(event('RESET', { guest: true, reason: 'guest-reset' }), false)?.severity).toBe('warning');
     expect(classifyQemuEvent(event('RESUME'), false)).toBeUndefined();
+    // Only a power-off ends protection: a reset or panic turned into a shutdown (-no-reboot, a panic action) does not.
+    expect(isGuestShutdown(event('SHUTDOWN', { guest: true, reason: 'guest-shutdown' }))).toBe(true);
+    expect(isGuestShutdown(event('SHUTDOWN', { guest: true, reason: 'guest-reset' }))).toBe(false);
+    expect(isGuestShutdown(event('SHUTDOWN', { guest: true, reason: 'guest-panic' }))).toBe(false);
+    expect(isGuestShutdown(event('SHUTDOWN', { guest: false, reason: 'host-signal' }))).toBe(false);
     expect(classifyQemuEvent(event('MIGRATION', { status: 'active' }), false)).toBeUndefined();
   });
 });
