@@ -81,6 +81,33 @@ function ticksOf(text: string): number[] {
     .map((m) => Number(m[1]));
 }
 
+/**
+ * A QEMU already running the test guest with a second QMP monitor for kemari (QEMU serves one client per monitor,
+ * and startQemu keeps the first), a standby QEMU on a copy of its disk (kemari does not capture an attached QEMU's
+ * disk), and `kemari protect --qmp` attached to it; resolves once protected.
+ */
+async function attached(guest: Partial<GuestParams>, session: string) {
+  const dir = tempDir();
+  cleanups.push(() => dir.remove());
+  const { imagePath, params } = await buildGuest(guest, dir.path);
+  const copy = join(dir.path, 'standby.img');
+  copyFileSync(imagePath, copy);
+  const qmpPath = join(dir.path, 'kemari-qmp.sock');
+  const qemu = await startQemu({
+    args: ['-machine', 'pc,accel=tcg', '-m', '32', '-nodefaults', '-display', 'none', '-drive', `file=${imagePath},format=raw,if=ide,file.locking=off`, '-serial', 'null', '-qmp', `unix:${qmpPath},server=on,wait=off`],
+    qmpSocketPath: join(dir.path, 'qmp.sock'),
+  });
+  pids.add(qemu.pid);
+  const common = ['--session', session, '--json', '--status-ms', '200'];
+  const standby = start(['standby', '--listen', '127.0.0.1:0', '--qemu', '--qemu-arg=-drive', `--qemu-arg=file=${copy},format=raw,if=ide,file.locking=off`, ...common]);
+  const port = (await waitFor(() => standby.io.events().find((e) => e.event === 'listening'), 'the standby')).port as number;
+  const protect = start(['protect', '--secondary', `127.0.0.1:${port}`, '--qmp', qmpPath, ...common]);
+  const starting = await waitFor(() => protect.io.events().find((e) => e.event === 'starting'), 'the attach');
+  await waitFor(() => protect.io.events().find((e) => e.event === 'protected'), 'protection');
+  pids.add((await waitFor(() => standby.io.events().find((e) => e.event === 'standby-ready'), 'the standby QEMU')).pid as number);
+  return { qemu, params, standby, protect, starting };
+}
+
 describe('kemari protect/standby --help (QEMU flags)', () => {
   it('say how to protect a QEMU, and that an attached one has its disk not captured', async () => {
     const protect = captureCliIo();
@@ -218,23 +245,7 @@ describe.skipIf(SKIP)(`kemari with a real QEMU (${SKIP ? SKIP_MESSAGE : 'qemu an
   });
 
   it('protect --qmp on a QEMU that exits when its guest powers off (no -no-shutdown): the standby stands down all the same', async () => {
-    const dir = tempDir();
-    cleanups.push(() => dir.remove());
-    const { imagePath } = await buildGuest({ ...GUEST, powerOffAfterTicks: 400 }, dir.path);
-    const copy = join(dir.path, 'standby.img');
-    copyFileSync(imagePath, copy);
-    const qmpPath = join(dir.path, 'kemari-qmp.sock');
-    const qemu = await startQemu({
-      args: ['-machine', 'pc,accel=tcg', '-m', '32', '-nodefaults', '-display', 'none', '-drive', `file=${imagePath},format=raw,if=ide,file.locking=off`, '-serial', 'null', '-qmp', `unix:${qmpPath},server=on,wait=off`],
-      qmpSocketPath: join(dir.path, 'qmp.sock'),
-    });
-    pids.add(qemu.pid);
-    const common = ['--session', 'cli-off-attach', '--json', '--status-ms', '200'];
-    const standby = start(['standby', '--listen', '127.0.0.1:0', '--qemu', '--qemu-arg=-drive', `--qemu-arg=file=${copy},format=raw,if=ide,file.locking=off`, ...common]);
-    const port = (await waitFor(() => standby.io.events().find((e) => e.event === 'listening'), 'the standby')).port as number;
-    const protect = start(['protect', '--secondary', `127.0.0.1:${port}`, '--qmp', qmpPath, ...common]);
-    await waitFor(() => protect.io.events().find((e) => e.event === 'protected'), 'protection');
-    pids.add((await waitFor(() => standby.io.events().find((e) => e.event === 'standby-ready'), 'the standby QEMU')).pid as number);
+    const { qemu, standby, protect } = await attached({ ...GUEST, powerOffAfterTicks: 400 }, 'cli-off-attach');
 
     expect((await qemu.exited).code).toBe(0);
     expect(await protect.done).toBe(0);
@@ -247,27 +258,8 @@ describe.skipIf(SKIP)(`kemari with a real QEMU (${SKIP ? SKIP_MESSAGE : 'qemu an
   });
 
   it('protect --qmp attaches to a running QEMU (memory and devices only): its death fails over to a standby given the same disk', async () => {
-    const dir = tempDir();
-    cleanups.push(() => dir.remove());
-    const { imagePath, params } = await buildGuest(GUEST, dir.path);
-    // The attached QEMU's disk is its own file; the standby gets a copy (kemari does not capture this disk).
-    const copy = join(dir.path, 'standby.img');
-    copyFileSync(imagePath, copy);
-    // A second QMP monitor for kemari: QEMU serves one client per monitor, and startQemu keeps the first.
-    const qmpPath = join(dir.path, 'kemari-qmp.sock');
-    const qemu = await startQemu({
-      args: ['-machine', 'pc,accel=tcg', '-m', '32', '-nodefaults', '-display', 'none', '-drive', `file=${imagePath},format=raw,if=ide,file.locking=off`, '-serial', 'null', '-qmp', `unix:${qmpPath},server=on,wait=off`],
-      qmpSocketPath: join(dir.path, 'qmp.sock'),
-    });
-    pids.add(qemu.pid);
-    const common = ['--session', 'cli-attach', '--json', '--status-ms', '200'];
-    const standby = start(['standby', '--listen', '127.0.0.1:0', '--qemu', '--qemu-arg=-drive', `--qemu-arg=file=${copy},format=raw,if=ide,file.locking=off`, ...common]);
-    const port = (await waitFor(() => standby.io.events().find((e) => e.event === 'listening'), 'the standby')).port as number;
-    const protect = start(['protect', '--secondary', `127.0.0.1:${port}`, '--qmp', qmpPath, ...common]);
-    const starting = await waitFor(() => protect.io.events().find((e) => e.event === 'starting'), 'the attach');
+    const { qemu, params, standby, protect, starting } = await attached(GUEST, 'cli-attach');
     expect(starting).toMatchObject({ qemu: 'attached', diskBytes: 0 });
-    await waitFor(() => protect.io.events().find((e) => e.event === 'protected'), 'protection');
-    pids.add((await waitFor(() => standby.io.events().find((e) => e.event === 'standby-ready'), 'the standby QEMU')).pid as number);
     // Periodic epochs by default: a few of them before the kill.
     await waitFor(() => protect.io.events().find((e) => e.event === 'status' && (e.ackedTxn as number) >= 4), 'epochs');
 
