@@ -4,7 +4,10 @@
  *
  * Kemari's transfer is asynchronous: the VM is paused only for {@link VmAdapter.capture}, which must copy what it
  * returns (dirty pages into a send buffer, disk writes, device state) so the VM can resume while the transaction
- * streams. Nothing returned by `capture` may change afterwards.
+ * streams. Nothing returned by `capture` may change afterwards, with one exception the primary asks for: an
+ * adapter that can mark pages dirty again ({@link VmAdapter.markDirty}) may return the pages of an in-place
+ * capture ({@link CaptureOptions.inPlace}) as views of guest memory, which the primary encodes or copies itself
+ * before it resumes the VM.
  */
 import type { DeviceState } from '../wire/bodies/device.js';
 import type { DiskWrite } from '../wire/bodies/disk.js';
@@ -22,6 +25,11 @@ export interface EpochCapture {
   pages: Page[];
   /** State of every device, in `deviceNames` order. */
   devices: DeviceState[];
+  /**
+   * True when the RAW pages are views of guest memory ({@link CaptureOptions.inPlace} honoured): valid only until
+   * the VM resumes. Absent or false: they are copies.
+   */
+  inPlace?: boolean;
   /** Disk writes since the previous capture, in the order they were issued (later writes win). */
   diskWrites: DiskWrite[];
   /** The VM state digest ({@link computeStateDigest}) at capture time when asked for, else empty. */
@@ -37,6 +45,13 @@ export interface CaptureOptions {
   sharedBuffers?: boolean;
   /** Capture every page instead of the pages dirtied since the previous capture. */
   full: boolean;
+  /**
+   * Return the RAW pages as views of guest memory instead of copies (setting {@link EpochCapture.inPlace}): the
+   * caller reads them before it resumes the VM, so a page that goes out as a small delta is never copied whole.
+   * Asked only of an adapter with {@link VmAdapter.markDirty} (what the caller keeps of an epoch is then the page
+   * numbers, not the pages). A hint: an adapter may copy anyway.
+   */
+  inPlace?: boolean;
   /** Also compute the state digest (end-to-end verification). */
   digest: boolean;
   /**
@@ -84,6 +99,13 @@ export interface VmAdapter {
    * synced by one capture.
    */
   precopy?(options: PrecopyOptions): PrecopyChunk | Promise<PrecopyChunk>;
+  /**
+   * Optional: marks pages dirty again, so the next capture takes them (with what they hold then) whether or not the
+   * guest wrote them since. Why: epochs the secondary never committed must go out again after a reconnect; with
+   * this, the primary keeps their page numbers instead of copies of their pages, and it may capture in place
+   * ({@link CaptureOptions.inPlace}). Indices must be below memoryBytes / pageBytes; called while the VM is paused.
+   */
+  markDirty?(pageIndices: Uint32Array): void | Promise<void>;
   /**
    * Optional: takes back a capture whose epoch the secondary committed; nothing refers to its pages any more (the
    * frames that carried them were received), so the adapter may reuse their buffers for a later capture instead

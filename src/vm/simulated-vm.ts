@@ -19,7 +19,7 @@ import { DISK_DIGEST_BLOCK_BYTES, computeStateDigest } from '../replica/state-di
 import type { DeviceState } from '../wire/bodies/device.js';
 import type { DiskWrite } from '../wire/bodies/disk.js';
 import type { DiskInfo } from '../wire/bodies/hello.js';
-import { PAGE_BYTES_MAX, PAGE_BYTES_MIN, isValidPageBytes } from '../wire/bodies/pages.js';
+import { PAGE_BYTES_MAX, PAGE_BYTES_MIN, PageKind, isValidPageBytes } from '../wire/bodies/pages.js';
 import type { Page } from '../wire/bodies/pages.js';
 import { CaptureBuffers } from './capture-buffers.js';
 import { copyPages } from './copy-pages.js';
@@ -544,7 +544,10 @@ export class SimulatedVm implements VmAdapter {
       indices = Uint32Array.from(this.dirtyList).sort();
     }
     const shared = options.sharedBuffers === true;
-    const { pages, send } = copyPages(this.memory, this.pageBytes, indices, (index) => this.isZeroPage(index), (bytes) => this.captureBuffers.take(bytes, shared));
+    const inPlace = options.inPlace === true;
+    const { pages, send } = inPlace
+      ? { pages: this.pageViews(indices), send: EMPTY }
+      : copyPages(this.memory, this.pageBytes, indices, (index) => this.isZeroPage(index), (bytes) => this.captureBuffers.take(bytes, shared));
     const count = pages.length;
     const devices: DeviceState[] = [
       { name: 'cpu0', state: cloneCpu(this.cpu) },
@@ -561,12 +564,40 @@ export class SimulatedVm implements VmAdapter {
     this.dirtyList = [];
     this.counters.captures += 1;
     this.counters.pagesCaptured += count;
-    const capture: EpochCapture = { full, pages, devices, diskWrites, stateDigest };
+    const capture: EpochCapture = { full, pages, devices, diskWrites, stateDigest, ...(inPlace ? { inPlace } : {}) };
     this.captureBuffers.own(capture, send);
     // Whatever pre-copy came before is over: its free chunk buffers go, and chunks handed back later are not kept.
     this.precopying = false;
     this.precopyBuffers.trim();
     return capture;
+  }
+
+  /** The pages at `indices` as views of guest memory (an in-place capture): ZERO when all zero, else RAW. */
+  private pageViews(indices: Uint32Array): Page[] {
+    const pageBytes = this.pageBytes;
+    const pages: Page[] = new Array(indices.length);
+    for (let i = 0; i < indices.length; i++) {
+      const index = indices[i]!;
+      pages[i] = this.isZeroPage(index)
+        ? { index, kind: PageKind.ZERO, data: EMPTY }
+        : { index, kind: PageKind.RAW, data: this.memory.subarray(index * pageBytes, (index + 1) * pageBytes) };
+    }
+    return pages;
+  }
+
+  /**
+   * Marks pages dirty again (see VmAdapter.markDirty): the next capture takes them. Paused or not; an index outside
+   * memory is KEMARI_INVALID_ARGUMENT, and then no page is marked.
+   */
+  markDirty(pageIndices: Uint32Array): void {
+    if (!(pageIndices instanceof Uint32Array)) invalid('pageIndices', 'must be a Uint32Array', pageIndices);
+    for (const index of pageIndices) if (index >= this.pageCount) invalid('pageIndices', `page ${index} is beyond the last page (${this.pageCount - 1})`, index);
+    for (const page of pageIndices) {
+      if (this.dirty[page] === 0) {
+        this.dirty[page] = 1;
+        this.dirtyList.push(page);
+      }
+    }
   }
 
   /** Takes back a committed capture's send buffer for a later capture (see VmAdapter.releaseCapture). */

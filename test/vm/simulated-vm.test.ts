@@ -216,6 +216,48 @@ describe('SimulatedVm: capture', () => {
     expect(capture.pages[3]!.data[7]).toBe(0x80);
   });
 
+  it('an in-place capture gives guest memory itself (zero pages still ZERO) and says so', () => {
+    const vm = cleanVm();
+    vm.write(7 * 4096, filled(4096, 0x11));
+    vm.write(9 * 4096, new Uint8Array(4096));
+    vm.pause();
+    const capture = vm.capture({ full: false, digest: false, inPlace: true });
+    expect(capture.inPlace).toBe(true);
+    expect(capture.pages.map((p) => [p.index, p.kind])).toEqual([
+      [7, PageKind.RAW],
+      [9, PageKind.ZERO],
+    ]);
+    const raw = capture.pages[0]!.data;
+    expect(raw.buffer).toBe(vm.memory.buffer);
+    expect(raw.byteOffset).toBe(vm.memory.byteOffset + 7 * 4096);
+    expect(raw.byteLength).toBe(4096);
+    expect(vm.dirtyPageCount).toBe(0);
+    // A view, valid until the guest runs: what it writes next shows through (why the primary reads it paused).
+    vm.resume();
+    vm.write(7 * 4096, Uint8Array.of(0x22));
+    expect(raw[0]).toBe(0x22);
+    vm.pause();
+    expect(vm.capture({ full: false, digest: false }).inPlace).toBeUndefined();
+  });
+
+  it('markDirty puts pages back into the next capture, unchanged or not, and refuses pages beyond memory', () => {
+    const vm = cleanVm();
+    vm.write(3 * 4096, filled(4096, 3));
+    vm.pause();
+    expect(vm.capture({ full: false, digest: false }).pages.map((p) => p.index)).toEqual([3]);
+    vm.markDirty(Uint32Array.of(12, 3, 3));
+    expect(vm.dirtyPageCount).toBe(2);
+    const again = vm.capture({ full: false, digest: false });
+    expect(again.pages.map((p) => [p.index, p.kind])).toEqual([
+      [3, PageKind.RAW],
+      [12, PageKind.ZERO],
+    ]);
+    expect(again.pages[0]!.data).toEqual(filled(4096, 3));
+    expect(codeOf(() => vm.markDirty(Uint32Array.of(1, vm.pageCount)))).toBe('KEMARI_INVALID_ARGUMENT');
+    expect(vm.dirtyPageCount).toBe(0); // nothing marked, not even page 1
+    expect(codeOf(() => vm.markDirty([1] as unknown as Uint32Array))).toBe('KEMARI_INVALID_ARGUMENT');
+  });
+
   it('full capture has every page with the memory contents', () => {
     const vm = cleanVm({ memoryBytes: 64 * KiB, pageBytes: 1024 });
     vm.write(5 * 1024, filled(2048, 1));
