@@ -54,6 +54,10 @@ import type { PagesImplementation } from '../pages/implementation.js';
 import type { Hello } from '../wire/bodies/hello.js';
 import type { EpochCapture, PrecopyChunk } from '../vm/adapter.js';
 import { mergeCaptures } from '../vm/merge-captures.js';
+import { CaptureBuffers } from '../vm/capture-buffers.js';
+import { detachPages } from './detach-pages.js';
+import type { DeltaEncoding } from '../txn/delta-cache.js';
+import type { Page } from '../wire/bodies/pages.js';
 import { realTimers } from '../time/timers.js';
 import type { TimerHandle, Timers } from '../time/timers.js';
 
@@ -103,6 +107,16 @@ export interface PrimaryOptions {
    * Smaller epochs are encoded here. The pool is the caller's: started and closed by it, and may be shared.
    */
   pagesPool?: PagesWorkerPool;
+  /**
+   * Capture in place, when the VM can mark pages dirty again (VmAdapter.markDirty): each epoch's pages are read
+   * from guest memory while it is paused, their deltas encoded there, and only the pages that go out whole copied;
+   * the VM copies nothing. Less work for this thread (a page sent as a delta is never copied whole) and an epoch in
+   * flight holds its deltas rather than its pages, for a longer pause: delta encoding and the delta cache's upkeep
+   * move into it. An epoch that must go out again after a reconnect is then taken from guest memory again (its pages
+   * marked dirty), not from kept copies. Worth it when this thread, not the guest's pause, is what limits the epoch
+   * rate. Ignored with a `pagesPool` (its threads encode after the VM resumes, from copies). Default false.
+   */
+  captureInPlace?: boolean;
   /** Names the replication session; the secondary refuses another session's primary. Default: a random UUID. */
   sessionId?: string;
   /** Largest frame body to send (must not exceed the secondary's bodyBytesMax). Default 16 MiB. */
@@ -297,7 +311,25 @@ interface Pending {
   capture: EpochCapture | undefined;
   /** The VM's own capture of an incremental epoch, handed back to it (releaseCapture) once the epoch is acked. */
   release: EpochCapture | undefined;
+  /**
+   * An in-place epoch: its pages (it keeps no copies of them, `capture` has none), marked dirty again should it
+   * have to go out again; and the send buffer of the pages it sent whole, reused once it is acked.
+   */
+  inPlace: { dirtyPages: Uint32Array; send: Uint8Array } | undefined;
 }
+
+/** An in-place capture made ready to send while the VM is still paused (see PrimaryOptions.captureInPlace). */
+interface Detached {
+  /** The pages to send: deltas, zero pages, and whole pages copied into `send`. */
+  pages: Page[];
+  send: Uint8Array;
+  /** Every page of the capture, to mark dirty again if the epoch is not sent or not committed. */
+  dirtyPages: Uint32Array;
+  /** The delta encoding done (the cache now holds this epoch's pages), when deltas are on. */
+  encoded: DeltaEncoding | undefined;
+}
+
+const NO_PAGES: Uint8Array = new Uint8Array(0);
 
 export class Primary extends EventEmitter {
   /** The event-tap: `await primary.tap.output(channel, bytes)` resolves once the output is released. */
@@ -345,6 +377,12 @@ export class Primary extends EventEmitter {
   private readonly pagesPool: PagesWorkerPool | undefined;
   /** Ask the VM for captures in SharedArrayBuffers (a worker pool reads them in place). */
   private readonly sharedBuffers: boolean;
+  /** Capture in place (PrimaryOptions.captureInPlace, and the VM has markDirty). */
+  private readonly inPlace: boolean;
+  /** Send buffers of the pages in-place epochs send whole, reused once acked. */
+  private readonly sendBuffers = new CaptureBuffers();
+  /** Pages of in-place epochs that must go out again: marked dirty before the next incremental capture. */
+  private redirty: Uint32Array[] = [];
   private stateNow: PrimaryState = 'connecting';
   private readonly detector: FailureDetector;
   private heartbeatTimer: TimerHandle | undefined;
@@ -397,6 +435,10 @@ export class Primary extends EventEmitter {
     const offered = [...(options.verify === true ? ['verify'] : []), ...(options.delta === undefined || options.delta === false ? [] : ['delta'])];
     this.pagesPool = options.pagesPool;
     this.sharedBuffers = options.pagesPool !== undefined && options.delta !== undefined && options.delta !== false;
+    if (options.captureInPlace !== undefined && typeof options.captureInPlace !== 'boolean') {
+      throw new KemariError('KEMARI_INVALID_ARGUMENT', 'captureInPlace must be a boolean', { details: { field: 'captureInPlace' } });
+    }
+    this.inPlace = options.captureInPlace === true && typeof options.vm.markDirty === 'function' && options.pagesPool === undefined;
     if (options.delta !== undefined && options.delta !== false) {
       const cacheBytes = typeof options.delta === 'object' ? (options.delta.cacheBytes ?? DELTA_CACHE_BYTES_DEFAULT) : DELTA_CACHE_BYTES_DEFAULT;
       this.deltaCache = new DeltaCache(options.vm.pageBytes, cacheBytes, { shared: options.pagesPool !== undefined });
@@ -933,9 +975,11 @@ export class Primary extends EventEmitter {
     const resumable = known && !this.needFull && this.pending.every((p) => p.capture !== undefined);
     if (resumable) {
       this.carry = [...this.pending.map((p) => p.capture!), ...this.carry];
+      for (const p of this.pending) if (p.inPlace !== undefined) this.redirty.push(p.inPlace.dirtyPages);
       this.core.resumeIncremental();
     } else {
       this.carry = [];
+      this.redirty = [];
       this.needFull = true;
     }
     this.pending.length = 0;
@@ -965,16 +1009,47 @@ export class Primary extends EventEmitter {
     this.completed(pending);
     // Committed, and its frames were all received: no one reads the capture's pages any more.
     if (pending.release !== undefined) this.vm.releaseCapture?.(pending.release);
+    if (pending.inPlace !== undefined) this.sendBuffers.give(pending.inPlace.send);
     this.standing?.wake?.();
     this.pump();
   }
 
-  /** An epoch captured but not sent on this session: its outputs are unsealed, its pages carried to the next. */
-  private keepUnsent(capture: EpochCapture, full: boolean, sealedTxn: number): void {
+  /**
+   * An epoch captured but not sent on this session: its outputs are unsealed, its pages carried to the next (an
+   * in-place capture's by number, `dirtyPages`: they are marked dirty again, and its `capture` holds no pages).
+   */
+  private keepUnsent(capture: EpochCapture, full: boolean, sealedTxn: number, dirtyPages?: Uint32Array): void {
     this.tap.unseal(sealedTxn);
-    if (full) this.needFull = true;
+    if (full) {
+      this.needFull = true;
+      return;
+    }
     // Merged at once: however often the link flaps, one carried capture at most.
-    else this.carry = [mergeCaptures([...this.carry, capture])];
+    this.carry = [mergeCaptures([...this.carry, capture])];
+    if (dirtyPages !== undefined) this.redirty.push(dirtyPages);
+  }
+
+  /**
+   * Makes an in-place capture ready to send before the VM resumes: deltas encoded from guest memory (the cache
+   * updated), the pages that go out whole copied. A capture this session will not send keeps only its page numbers.
+   */
+  private detach(capture: EpochCapture, core: SenderCore): Detached {
+    const dirtyPages = new Uint32Array(capture.pages.length);
+    for (let i = 0; i < dirtyPages.length; i++) dirtyPages[i] = capture.pages[i]!.index;
+    if (!this.live(core)) return { pages: [], send: NO_PAGES, dirtyPages, encoded: undefined };
+    const encoded = this.deltaActive && this.deltaCache !== undefined ? this.deltaCache.encode(capture.pages) : undefined;
+    // The whole pages vary from epoch to epoch (cache hits and misses): buffers of a power of two bytes, so the next
+    // epoch's fits the one the last ack freed, and no buffer of the size just missed is kept beside it.
+    const { pages, send } = detachPages(encoded?.pages ?? capture.pages, this.vm.pageBytes, (bytes) => this.sendBuffers.take(2 ** Math.ceil(Math.log2(bytes)), false).subarray(0, bytes));
+    return { pages, send, dirtyPages, encoded };
+  }
+
+  /** Marks the pages of unsent or uncommitted in-place epochs dirty again (the VM is paused). */
+  private async markRedirty(): Promise<void> {
+    if (this.redirty.length === 0) return;
+    const all = concatPages(this.redirty);
+    await this.onVm(() => this.vm.markDirty!(all));
+    this.redirty = [];
   }
 
   /** An epoch is committed on the secondary: its outputs may leave, and the first one of a session protects. */
@@ -1053,17 +1128,23 @@ export class Primary extends EventEmitter {
       await this.onVm(() => this.vm.pause());
       let capture: EpochCapture;
       let events;
+      let detached: Detached | undefined;
       const sealedTxn = core.captureTxn;
       try {
         if (this.settleOutputs !== undefined) await this.settleOutputs();
+        // Pages of epochs that must go out again are taken from the guest once more (a full sync takes all anyway).
+        if (full) this.redirty = [];
+        else await this.markRedirty();
         capture = await this.onVm(() =>
           this.vm.capture(
             precopied
               ? { full: false, wholeDisks: true, digest: this.verifyActive, sharedBuffers: this.sharedBuffers }
-              : { full, digest: this.verifyActive, sharedBuffers: this.sharedBuffers },
+              : { full, digest: this.verifyActive, sharedBuffers: this.sharedBuffers, ...(this.inPlace && !full ? { inPlace: true } : {}) },
           ),
         );
         events = this.tap.seal(sealedTxn);
+        // Its pages are guest memory: encoded and copied now, before the guest runs again.
+        if (capture.inPlace === true) detached = this.detach(capture, core);
       } finally {
         // The VM runs on unless a fault (quiesced) or a loss under 'pause' stopped it during the capture; closing
         // stops protection, not the guest.
@@ -1075,17 +1156,25 @@ export class Primary extends EventEmitter {
       // the running epoch (or were already discarded); its changes are kept for the next session, since the VM's
       // dirty tracking was reset by the capture.
       if (!this.live(core)) {
-        this.keepUnsent(capture, full, sealedTxn);
+        // An in-place epoch encoded before the loss: the cache holds its unsent pages, so it starts over.
+        if (detached?.encoded !== undefined) this.deltaCache?.clear();
+        this.keepUnsent(detached === undefined ? capture : withPages(capture, []), full, sealedTxn, detached?.dirtyPages);
         return;
       }
       if (full) this.carry = [];
       const carried = !full && this.carry.length > 0;
-      const send = carried ? mergeCaptures([...this.carry, capture]) : capture;
+      const taken = detached === undefined ? capture : withPages(capture, detached.pages);
+      const send = carried ? mergeCaptures([...this.carry, taken]) : taken;
       this.carry = [];
       // Deltas only go out against copies the secondary holds for sure: never in a full sync (the cache starts over).
       let wire = send;
       if (full) this.deltaCache?.clear();
-      else if (this.deltaActive && this.deltaCache !== undefined) {
+      else if (detached !== undefined) {
+        if (detached.encoded !== undefined) {
+          this.deltaPages += detached.encoded.deltaPages;
+          this.deltaSavedBytes += detached.encoded.savedBytes;
+        }
+      } else if (this.deltaActive && this.deltaCache !== undefined) {
         const encoded = await this.deltaCache.encodeAsync(send.pages, this.pagesPool);
         if (!this.live(core)) {
           // Lost while threads encoded: the cache holds this unsent epoch's pages now (and a new session may
@@ -1111,8 +1200,11 @@ export class Primary extends EventEmitter {
         pages: out.pageCount,
         bytes: out.wireBytes,
         digest: out.stateDigest,
-        capture: out.full ? undefined : send,
-        release: out.full ? undefined : capture,
+        // An in-place epoch keeps no pages (its deltas are against a cache a new session clears): they are taken
+        // from the guest again should it go out again, every page it sends (carried ones too) marked dirty.
+        capture: out.full ? undefined : detached === undefined ? send : withPages(send, []),
+        release: out.full || detached !== undefined ? undefined : capture,
+        inPlace: detached === undefined ? undefined : { dirtyPages: send === taken ? detached.dirtyPages : concatPages([pageNumbers(send.pages), detached.dirtyPages]), send: detached.send },
       });
       if (full && !precopied) this.fullSync = { txn: out.txn, sent: 0, total: out.wireBytes, closed: true };
       if (full && precopied && this.fullSync !== undefined) {
@@ -1376,4 +1468,29 @@ export class Primary extends EventEmitter {
       }
     }, this.connectTimeoutMs);
   }
+}
+
+/** A capture's devices, disk writes and digest, with other pages (an in-place capture's copies, or none). */
+function withPages(capture: EpochCapture, pages: Page[]): EpochCapture {
+  return { full: capture.full, pages, devices: capture.devices, diskWrites: capture.diskWrites, stateDigest: capture.stateDigest };
+}
+
+/** The page numbers of `pages`. */
+function pageNumbers(pages: readonly Page[]): Uint32Array {
+  const numbers = new Uint32Array(pages.length);
+  for (let i = 0; i < pages.length; i++) numbers[i] = pages[i]!.index;
+  return numbers;
+}
+
+/** Page numbers one after the other (duplicates kept: marking a page dirty twice is marking it once). */
+function concatPages(lists: readonly Uint32Array[]): Uint32Array {
+  let count = 0;
+  for (const pages of lists) count += pages.length;
+  const all = new Uint32Array(count);
+  let at = 0;
+  for (const pages of lists) {
+    all.set(pages, at);
+    at += pages.length;
+  }
+  return all;
 }

@@ -15,6 +15,8 @@ export interface CampaignTotals {
   withJournal: number;
   withDelta: number;
   deltaPages: number;
+  /** Incremental resumes of runs with in-place captures (their lost epochs taken from the guest again). */
+  resumedInPlace: number;
 }
 
 /** Seeds that once broke an invariant: replayed in every CI run. */
@@ -40,6 +42,7 @@ export async function runCampaign(seeds: readonly number[]): Promise<CampaignTot
     withJournal: 0,
     withDelta: 0,
     deltaPages: 0,
+    resumedInPlace: 0,
   };
   for (const seed of seeds) {
     const report = await simulate(seed);
@@ -55,6 +58,7 @@ export async function runCampaign(seeds: readonly number[]): Promise<CampaignTot
     if (report.config.journal) totals.withJournal += 1;
     if (report.config.delta) totals.withDelta += 1;
     totals.deltaPages += report.deltaPages;
+    if (report.config.inPlace) totals.resumedInPlace += report.resumedIncrementally;
     for (const [fault, n] of Object.entries(report.faults)) totals.faults[fault] = (totals.faults[fault] ?? 0) + n;
   }
   return totals;

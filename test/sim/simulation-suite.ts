@@ -25,6 +25,7 @@ export function describeCampaign(from: number, count: number, extra: readonly nu
       expect(totals.withJournal).toBeGreaterThan(0);
       expect(totals.withDelta).toBeGreaterThan(0);
       expect(totals.deltaPages).toBeGreaterThan(totals.seeds);
+      expect(totals.resumedInPlace).toBeGreaterThan(5);
     }, 300_000);
   });
 }

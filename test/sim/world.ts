@@ -71,6 +71,8 @@ export interface SimConfig {
   stepEveryMs: number;
   /** Pages as deltas against the secondary's copy (drawn from its own stream, so older seeds replay as before). */
   delta: boolean;
+  /** In-place captures (PrimaryOptions.captureInPlace; its own stream too). */
+  inPlace: boolean;
 }
 
 interface SecondaryIncarnation {
@@ -148,6 +150,7 @@ export class World {
       reconnectDelayMs: 10 + r.nextInt(60),
       stepEveryMs: 2 + r.nextInt(6),
       delta: new Prng(seed ^ 0xde17a).nextFloat() < 0.5,
+      inPlace: new Prng(seed ^ 0x1a91ace).nextFloat() < 0.5,
     };
   }
 
@@ -276,6 +279,7 @@ export class World {
       timers: clock,
       precopyStopPages: 4,
       ...(c.delta ? { delta: { cacheBytes: 16 * 4096 } } : {}),
+      captureInPlace: c.inPlace,
       // Configured with its secondary's address: the node standing by when it starts (restarts come back there).
       connector: async () => {
         const target = incarnation.target;
