@@ -9,7 +9,9 @@
  *       on both sides; the capture's page gathering is then TypeScript's);
  *   (b) delta alone: delta, TypeScript fallback forced;
  *   (c) both: delta, native kemari_pages addon;
- *   (d) the addon alone: no delta, native addon (it gathers the captured pages).
+ *   (d) the addon alone: no delta, native addon (it gathers the captured pages);
+ *   (e) (c) with in-place captures (captureInPlace: deltas encoded from guest memory during the pause, only the
+ *       pages sent whole copied): less work on the primary's thread per epoch, for a longer pause.
  *
  * The issue's goal compares (c) with (a): "with and without the addon and delta frames".
  *
@@ -23,7 +25,7 @@
  * process between the two.
  *
  *   npx tsx bench/epochs.bench.ts           (8 s measured per run after warm-up, two runs per configuration)
- *   npx tsx bench/epochs.bench.ts --quick   (1.5 s each: under 40 s in all)
+ *   npx tsx bench/epochs.bench.ts --quick   (1.5 s each: about a minute in all)
  */
 import { fork } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
@@ -64,9 +66,9 @@ interface EpochFigures {
   guestMsPerEpoch: number;
 }
 
-type Config = 'none' | 'delta';
-/** Configurations measured per round: (a) to (d). */
-const CONFIGS = 4;
+type Config = 'none' | 'delta' | 'delta-in-place';
+/** Configurations measured per round: (a) to (e). */
+const CONFIGS = 5;
 
 const role = process.argv[2];
 const send = (m: unknown): void => void process.send?.(m);
@@ -141,7 +143,8 @@ async function runPrimary(config: Config, linkBytesPerSecond: number): Promise<v
     vm,
     secondary: { host: '127.0.0.1', port },
     pipelineDepth: 2,
-    delta: config === 'delta',
+    delta: config !== 'none',
+    captureInPlace: config === 'delta-in-place',
     heartbeat: { intervalMs: 100, missedMax: 50 },
   });
   const fullSyncMs = performance.now() - syncStart;
@@ -296,8 +299,10 @@ async function main(): Promise<void> {
     runs.push(await measure('(c) delta, native addon', 'delta', nativeEnv));
     await sampleRaw();
     runs.push(await measure('(d) addon, no delta', 'none', nativeEnv));
+    await sampleRaw();
+    runs.push(await measure('(e) (c), in place', 'delta-in-place', nativeEnv));
   }
-  const rows = [0, 1, 2, 3].map((i) => pool(runs[i]!, runs[i + CONFIGS]!));
+  const rows = [0, 1, 2, 3, 4].map((i) => pool(runs[i]!, runs[i + CONFIGS]!));
   const gbps = (bytesPerSecond: number): string => (bytesPerSecond / 1e9).toFixed(2);
   console.log(
     `raw node:net loopback: ${gbps(rawBytesPerSecond)} GB/s, the best of ${rawSamples.length} transfers of ${rawBytes >> 20} MiB (all: ${rawSamples.map(gbps).join(', ')}); the bandwidth limit below`,
@@ -316,20 +321,20 @@ async function main(): Promise<void> {
         `${(r.latencyP50Ms.toFixed(2) + ' ms').padStart(11)} ${(r.guestMsPerEpoch.toFixed(2) + ' ms').padStart(12)} ${bound.toFixed(0).padStart(19)} ${((100 * rate) / bound).toFixed(1).padStart(8)}`,
     );
   }
-  const [a, b, c, d] = rows.map((r) => r.epochs / r.seconds) as [number, number, number, number];
+  const [a, b, c, d, e] = rows.map((r) => r.epochs / r.seconds) as [number, number, number, number, number];
   // Each round's (a) and (c) ran a minute apart: their ratio per round shows how much the host's loopback moved.
   const rateOf = (r: EpochFigures): number => r.epochs / r.seconds;
   const perRound = [0, CONFIGS].map((i) => `${(rateOf(runs[i + 2]!) / rateOf(runs[i]!)).toFixed(2)}x ((a) ${rateOf(runs[i]!).toFixed(0)}, (c) ${rateOf(runs[i + 2]!).toFixed(0)})`);
   console.log(`per round, (c)/(a): ${perRound.join('; ')}`);
-  const bytes = rows.map((r) => r.bytes / Math.max(1, r.epochs)) as [number, number, number, number];
+  const bytes = rows.map((r) => r.bytes / Math.max(1, r.epochs)) as [number, number, number, number, number];
   const ratio = c / a;
   console.log(
-    `ratios: epochs/s (c)/(a) ${ratio.toFixed(2)}x, (c)/(b) ${(c / b).toFixed(2)}x, (b)/(a) ${(b / a).toFixed(2)}x, (d)/(a) ${(d / a).toFixed(2)}x, (c)/(d) ${(c / d).toFixed(2)}x; ` +
+    `ratios: epochs/s (c)/(a) ${ratio.toFixed(2)}x, (c)/(b) ${(c / b).toFixed(2)}x, (b)/(a) ${(b / a).toFixed(2)}x, (d)/(a) ${(d / a).toFixed(2)}x, (c)/(d) ${(c / d).toFixed(2)}x, (e)/(c) ${(e / c).toFixed(2)}x, (e)/(a) ${(e / a).toFixed(2)}x; ` +
       `bytes/epoch (a)/(c) ${(bytes[0] / bytes[2]).toFixed(1)}x smaller with deltas`,
   );
   const share = (i: number): number => (100 * rows[i]!.epochs) / rows[i]!.seconds / (rawBytesPerSecond / bytes[i]!);
   console.log(
-    `goal >= 2x epochs/s from addon + delta combined ((c) over (a)): ${ratio >= 2 ? 'met' : 'NOT MET'} (${ratio.toFixed(2)}x); ` +
+    `goal >= 2x epochs/s from addon + delta combined ((c) over (a)): ${ratio >= 2 ? 'met' : 'NOT MET'} (${ratio.toFixed(2)}x; in place, (e) over (a): ${(e / a).toFixed(2)}x); ` +
       `on loopback (a) runs at ${share(0).toFixed(0)}% of the rate its bytes allow and (c) at ${share(2).toFixed(0)}%: ` +
       `${share(2) < 50 ? 'with deltas, CPU per epoch (capture, delta bookkeeping, frames), not bandwidth, bounds the rate' : 'bandwidth bounds the rate'}`,
   );
@@ -339,7 +344,7 @@ async function main(): Promise<void> {
     const projected = rows.map((r, i) => Math.min(r.epochs / r.seconds, link / bytes[i]!));
     console.log(
       `projection (not measured) on a ${gbps} Gb/s link: epochs/s min(measured, link / bytes per epoch): ` +
-        `(a) ${projected[0]!.toFixed(0)}, (b) ${projected[1]!.toFixed(0)}, (c) ${projected[2]!.toFixed(0)}, (d) ${projected[3]!.toFixed(0)}; (c)/(a) ${(projected[2]! / projected[0]!).toFixed(2)}x`,
+        `(a) ${projected[0]!.toFixed(0)}, (b) ${projected[1]!.toFixed(0)}, (c) ${projected[2]!.toFixed(0)}, (d) ${projected[3]!.toFixed(0)}, (e) ${projected[4]!.toFixed(0)}; (c)/(a) ${(projected[2]! / projected[0]!).toFixed(2)}x`,
     );
   }
   // Measured: the same two configurations over a 1 Gb/s link (a relay in the secondary's process paces the

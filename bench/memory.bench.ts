@@ -167,6 +167,22 @@ class ScanningVm implements VmAdapter {
     return capture;
   }
 
+  /**
+   * Marks pages dirty again (the primary's in-place captures): in the bitmap, and in the reference too, made to
+   * differ from the page now (a shadow byte flipped, a fingerprint's low bit), so the scan reports them.
+   */
+  markDirty(pageIndices: Uint32Array): void {
+    this.inner.markDirty(pageIndices);
+    const pageBytes = this.pageBytes;
+    for (const index of pageIndices) {
+      if (this.reference instanceof Uint8Array) {
+        this.reference[index * pageBytes] = this.inner.memory[index * pageBytes]! ^ 0xff;
+      } else {
+        this.reference[index] = pageFingerprint(this.inner.memory.subarray(index * pageBytes, (index + 1) * pageBytes), this.seed) ^ 1n;
+      }
+    }
+  }
+
   /** Hands a pre-copied chunk back, so the next chunk reuses its buffer as in the bitmap mode. */
   releasePrecopy(chunk: PrecopyChunk): void {
     this.inner.releasePrecopy(chunk);
