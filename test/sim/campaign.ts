@@ -17,6 +17,8 @@ export interface CampaignTotals {
   deltaPages: number;
   /** Incremental resumes of runs with in-place captures (their lost epochs taken from the guest again). */
   resumedInPlace: number;
+  /** Confirmed stand-downs (guests that powered themselves off). */
+  standDowns: number;
 }
 
 /** Seeds that once broke an invariant: replayed in every CI run. */
@@ -43,6 +45,7 @@ export async function runCampaign(seeds: readonly number[]): Promise<CampaignTot
     withDelta: 0,
     deltaPages: 0,
     resumedInPlace: 0,
+    standDowns: 0,
   };
   for (const seed of seeds) {
     const report = await simulate(seed);
@@ -59,6 +62,7 @@ export async function runCampaign(seeds: readonly number[]): Promise<CampaignTot
     if (report.config.delta) totals.withDelta += 1;
     totals.deltaPages += report.deltaPages;
     if (report.config.inPlace) totals.resumedInPlace += report.resumedIncrementally;
+    totals.standDowns += report.standDowns;
     for (const [fault, n] of Object.entries(report.faults)) totals.faults[fault] = (totals.faults[fault] ?? 0) + n;
   }
   return totals;

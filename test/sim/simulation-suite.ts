@@ -10,7 +10,7 @@ export function describeCampaign(from: number, count: number, extra: readonly nu
   describe(`deterministic simulation, seeds ${from}..${from + count - 1}`, () => {
     it('keeps every invariant under partitions, loss, crashes, hangs, fatal faults and slow disks', async () => {
       const totals = await runCampaign([...seedRange(from, count), ...extra]);
-      console.log(`simulation: ${totals.seeds} seeds, ${totals.steps} steps, ${totals.commits} commits, ${totals.failovers} failovers, ${totals.secondaryRestarts} secondary restarts, ${totals.resumedIncrementally} incremental resumes, ${totals.resyncedFully} full resyncs`);
+      console.log(`simulation: ${totals.seeds} seeds, ${totals.steps} steps, ${totals.commits} commits, ${totals.failovers} failovers, ${totals.secondaryRestarts} secondary restarts, ${totals.resumedIncrementally} incremental resumes, ${totals.resyncedFully} full resyncs, ${totals.standDowns} stand-downs`);
       // The campaign must exercise what it claims to: every fault, failovers, restarts, both kinds of resume.
       for (const fault of ['partition', 'witness-partition', 'loss', 'secondary-crash', 'primary-crash', 'fatal-fault', 'primary-hang', 'slow-disk', 'slow-link', 'secondary-power-loss']) {
         expect(totals.faults[fault], fault).toBeGreaterThan(0);
@@ -26,6 +26,7 @@ export function describeCampaign(from: number, count: number, extra: readonly nu
       expect(totals.withDelta).toBeGreaterThan(0);
       expect(totals.deltaPages).toBeGreaterThan(totals.seeds);
       expect(totals.resumedInPlace).toBeGreaterThan(5);
+      expect(totals.standDowns).toBeGreaterThan(10);
     }, 300_000);
   });
 }

@@ -56,6 +56,8 @@ export interface SimReport {
   tornTails: number;
   /** Pages that went out as deltas. */
   deltaPages: number;
+  /** Stand-downs (the guest powered off) that the secondary confirmed. */
+  standDowns: number;
 }
 
 /** The shape of one run, drawn from its seed. */
@@ -73,6 +75,8 @@ export interface SimConfig {
   delta: boolean;
   /** In-place captures (PrimaryOptions.captureInPlace; its own stream too). */
   inPlace: boolean;
+  /** When the guest powers itself off (Primary.standDown), if it does in this run (its own stream too). */
+  standDownAtMs: number | undefined;
 }
 
 interface SecondaryIncarnation {
@@ -88,6 +92,8 @@ interface SecondaryIncarnation {
   /** Histories of the primaries that opened connections to it: its replica holds an epoch of one of them. */
   servedHistories: Set<number>;
   alive: boolean;
+  /** It confirmed a STAND_DOWN: from then on it must never promote. */
+  stoodDown: boolean;
 }
 
 interface PrimaryIncarnation {
@@ -101,6 +107,8 @@ interface PrimaryIncarnation {
   /** The node it dials: its standby's, unless a fault points it elsewhere. */
   target: string;
   alive: boolean;
+  /** The txn of its newest capture (txns restart from the secondary's epoch with each session). */
+  lastCapturedTxn: number;
 }
 
 const HEARTBEAT_MS = 10;
@@ -129,6 +137,9 @@ export class World {
   private restarts = 0;
   private resumed = 0;
   private resynced = 0;
+  /** Stand-downs the secondary confirmed, and the history whose guest stopped for good. */
+  private standDowns = 0;
+  private stoppedHistory: number | undefined;
   private readonly faults: Record<string, number> = {};
   private violation: InvariantViolation | undefined;
 
@@ -137,6 +148,7 @@ export class World {
     this.network = new SimNetwork(this.scheduler, new Prng(seed ^ 0x5eed));
     this.witness = new SimWitness(this.network);
     const r = this.rng;
+    const standDown = new Prng(seed ^ 0x57a9d);
     const arbiter = r.nextFloat() < 0.6;
     const policies = arbiter ? (['hold', 'pause', 'continue'] as const) : (['hold', 'pause'] as const);
     this.config = {
@@ -151,6 +163,7 @@ export class World {
       stepEveryMs: 2 + r.nextInt(6),
       delta: new Prng(seed ^ 0xde17a).nextFloat() < 0.5,
       inPlace: new Prng(seed ^ 0x1a91ace).nextFloat() < 0.5,
+      standDownAtMs: standDown.nextFloat() < 0.3 ? 200 + standDown.nextInt(1100) : undefined,
     };
   }
 
@@ -191,6 +204,7 @@ export class World {
     this.scheduler.at(0, () => this.startSecondary(second, 1));
     this.scheduler.at(1, () => this.startPrimary(first, new SimulatedVm({ memoryBytes: MEMORY_BYTES, seed: this.seed, disks: [DISK] }), undefined));
     this.planFaults(durationMs);
+    if (this.config.standDownAtMs !== undefined) this.scheduler.at(this.config.standDownAtMs, () => this.standDown());
     await this.scheduler.run(durationMs, () => {
       if (this.violation === undefined) this.check();
       if (this.violation !== undefined) throw this.violation;
@@ -211,6 +225,7 @@ export class World {
       network: this.network.counters,
       tornTails: [...this.disks.values()].reduce((n, d) => n + d.tornTails, 0),
       deltaPages: this.primaries.reduce((n, p) => n + (p.primary?.stats().deltaPages ?? 0), 0),
+      standDowns: this.standDowns,
     };
   }
 
@@ -219,7 +234,7 @@ export class World {
   private startSecondary(node: string, history: number): void {
     const clock = this.scheduler.clockFor(node);
     this.trace(`${node} starts as secondary #${this.nextIncarnation} of history ${history}`);
-    const incarnation: SecondaryIncarnation = { id: this.nextIncarnation++, node, clock, secondary: undefined, committedMax: 0, releasedMax: 0, history, servedHistories: new Set([history]), alive: true };
+    const incarnation: SecondaryIncarnation = { id: this.nextIncarnation++, node, clock, secondary: undefined, committedMax: 0, releasedMax: 0, history, servedHistories: new Set([history]), alive: true, stoodDown: false };
     this.secondaries.push(incarnation);
     this.standby = incarnation;
     this.network.restart(node);
@@ -250,6 +265,10 @@ export class World {
           if (error.code === 'KEMARI_VERIFY_FAILED') this.fail(`${node} failed verification: ${error.message}`);
         });
         secondary.on('promoted', (promotion: Promotion) => this.onPromoted(incarnation, promotion));
+        secondary.on('stood-down', () => {
+          this.trace(`${node} (secondary #${incarnation.id}) stood down at txn ${secondary.committedTxn}`);
+          incarnation.stoodDown = true;
+        });
       },
       (error: unknown) => this.fail(`secondary ${node} failed to start: ${String(error)}`),
     );
@@ -258,7 +277,7 @@ export class World {
   private startPrimary(node: string, vm: SimulatedVm, promotion: Promotion | undefined): void {
     this.trace(`${node} starts as primary of history ${this.history}${promotion === undefined ? '' : ` from txn ${promotion.txn}`}`);
     const clock = this.scheduler.clockFor(node);
-    const incarnation: PrimaryIncarnation = { node, clock, vm, primary: undefined, history: this.history, peer: undefined, target: this.standby!.node, alive: true };
+    const incarnation: PrimaryIncarnation = { node, clock, vm, primary: undefined, history: this.history, peer: undefined, target: this.standby!.node, alive: true, lastCapturedTxn: 0 };
     this.primaries.push(incarnation);
     this.current = incarnation;
     const c = this.config;
@@ -291,6 +310,7 @@ export class World {
       onCapture: (capture: PrimaryCapture) => {
         this.trace(`${node} captured txn ${capture.txn}${capture.full ? ' (full)' : ''}${this.current === incarnation ? '' : ' (not the current primary)'}`);
         if (incarnation.alive) this.digests.get(incarnation.history)!.set(capture.txn, digestHex(capture.digest!));
+        incarnation.lastCapturedTxn = capture.txn;
       },
       ...(c.arbiter ? { arbiter: this.witness.arbiterFor(node, clock), leaseTtlMs: c.leaseTtlMs, holder: node } : {}),
       ...(promotion?.lease === undefined ? {} : { lease: promotion.lease }),
@@ -315,6 +335,29 @@ export class World {
       );
     };
     attempt();
+  }
+
+  /**
+   * The guest powers itself off: the current primary stands down (a last epoch, then STAND_DOWN). Faults may make it
+   * fail (then protection goes on, the VM held); once confirmed, that history must never be promoted again.
+   */
+  private standDown(): void {
+    const incarnation = this.current;
+    const primary = incarnation?.primary;
+    if (incarnation === undefined || primary === undefined || !incarnation.alive) return;
+    this.trace(`${incarnation.node} stands down (guest powered off)`);
+    primary.standDown('guest powered off', { timeoutMs: 400 }).then(
+      (stood) => {
+        this.trace(`${incarnation.node} stood down at txn ${stood.txn}`);
+        this.standDowns += 1;
+        this.stoppedHistory = incarnation.history;
+        // The standby holds the final epoch: the one the primary captured last.
+        if (stood.txn !== incarnation.lastCapturedTxn) {
+          this.fail(`${incarnation.node} stood down at txn ${stood.txn}, not at its last capture`);
+        }
+      },
+      (error: { code?: string }) => this.trace(`${incarnation.node}'s stand-down failed: ${error.code}`),
+    );
   }
 
   private output(incarnation: PrimaryIncarnation, channel: string, data: Uint8Array): void {
@@ -360,6 +403,9 @@ export class World {
   private onPromoted(incarnation: SecondaryIncarnation, promotion: Promotion): void {
     this.trace(`${incarnation.node} (secondary #${incarnation.id}) promoted at txn ${promotion.txn}`);
     this.failovers += 1;
+    // A guest that powered itself off stays off: neither the secondary that confirmed it nor any other takes over.
+    if (incarnation.stoodDown) this.fail(`${incarnation.node} promoted after it confirmed a stand-down`);
+    if (this.stoppedHistory === incarnation.history) this.fail(`${incarnation.node} promoted a guest of history ${incarnation.history}, which stood down`);
     const digests = this.digests.get(incarnation.history)!;
     // The resumed VM is exactly a committed epoch, and no released output came from a later one.
     const expected = digests.get(promotion.txn);
