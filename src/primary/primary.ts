@@ -383,6 +383,8 @@ export class Primary extends EventEmitter {
   private readonly sendBuffers = new CaptureBuffers();
   /** Pages of in-place epochs that must go out again: marked dirty before the next incremental capture. */
   private redirty: Uint32Array[] = [];
+  /** A checkpoint paused the VM and has not yet decided to resume it: no one else may resume it meanwhile. */
+  private captureHoldsVm = false;
   private stateNow: PrimaryState = 'connecting';
   private readonly detector: FailureDetector;
   private heartbeatTimer: TimerHandle | undefined;
@@ -435,9 +437,6 @@ export class Primary extends EventEmitter {
     const offered = [...(options.verify === true ? ['verify'] : []), ...(options.delta === undefined || options.delta === false ? [] : ['delta'])];
     this.pagesPool = options.pagesPool;
     this.sharedBuffers = options.pagesPool !== undefined && options.delta !== undefined && options.delta !== false;
-    if (options.captureInPlace !== undefined && typeof options.captureInPlace !== 'boolean') {
-      throw new KemariError('KEMARI_INVALID_ARGUMENT', 'captureInPlace must be a boolean', { details: { field: 'captureInPlace' } });
-    }
     this.inPlace = options.captureInPlace === true && typeof options.vm.markDirty === 'function' && options.pagesPool === undefined;
     if (options.delta !== undefined && options.delta !== false) {
       const cacheBytes = typeof options.delta === 'object' ? (options.delta.cacheBytes ?? DELTA_CACHE_BYTES_DEFAULT) : DELTA_CACHE_BYTES_DEFAULT;
@@ -574,6 +573,9 @@ export class Primary extends EventEmitter {
       if (value !== undefined && (!Number.isSafeInteger(value) || value < 0)) {
         throw new KemariError('KEMARI_INVALID_ARGUMENT', `${name} must be a non-negative integer`, { details: { [name]: value } });
       }
+    }
+    if (options.captureInPlace !== undefined && typeof options.captureInPlace !== 'boolean') {
+      throw new KemariError('KEMARI_INVALID_ARGUMENT', 'captureInPlace must be a boolean', { details: { field: 'captureInPlace' } });
     }
     const policy = options.onSecondaryLoss ?? 'hold';
     if (!['hold', 'pause', 'continue'].includes(policy)) {
@@ -957,8 +959,9 @@ export class Primary extends EventEmitter {
   /**
    * The secondary's HELLO arrived, naming its committed epoch X. Epochs up to X that were never acked are committed
    * there (their acks were lost with the connection): they count as acked. When this primary still holds every
-   * epoch after X (their captures), the secondary resumes from X with one incremental transaction that merges them
-   * with the next capture; otherwise (a new secondary, or one that lost epochs) a full sync runs.
+   * epoch after X (their captures; of an in-place epoch, its devices and disk writes, its pages marked dirty again
+   * so the next capture takes them from the guest), the secondary resumes from X with one incremental transaction
+   * that merges them with the next capture; otherwise (a new secondary, or one that lost epochs) a full sync runs.
    */
   private onSession(committedTxn: number, features: string[]): void {
     this.detector.heardOnLink(this.clock());
@@ -1047,9 +1050,14 @@ export class Primary extends EventEmitter {
   /** Marks the pages of unsent or uncommitted in-place epochs dirty again (the VM is paused). */
   private async markRedirty(): Promise<void> {
     if (this.redirty.length === 0) return;
-    const all = concatPages(this.redirty);
-    await this.onVm(() => this.vm.markDirty!(all));
+    const lists = this.redirty;
     this.redirty = [];
+    try {
+      await this.onVm(() => this.vm.markDirty!(concatPages(lists)));
+    } catch (error) {
+      this.redirty = [...lists, ...this.redirty];
+      throw error;
+    }
   }
 
   /** An epoch is committed on the secondary: its outputs may leave, and the first one of a session protects. */
@@ -1080,8 +1088,11 @@ export class Primary extends EventEmitter {
       this.settleStart?.();
       return;
     }
-    // Protected again after a loss: a VM paused by the 'pause' policy runs again.
-    if (this.lossPolicy === 'pause') void this.onVm(() => (this.stateNow === 'protected' && !this.vmHeld ? this.vm.resume() : undefined)).catch(() => {});
+    // Protected again after a loss: a VM paused by the 'pause' policy runs again, unless a checkpoint holds it paused
+    // now (its capture is yet to come; it resumes the VM itself when done).
+    if (this.lossPolicy === 'pause') {
+      void this.onVm(() => (this.stateNow === 'protected' && !this.vmHeld && !this.captureHoldsVm ? this.vm.resume() : undefined)).catch(() => {});
+    }
     const reprotection: Reprotection = { txn, full: pending.full, fromTxn: this.sessionFrom.txn };
     this.emit('reprotected', reprotection);
   }
@@ -1125,7 +1136,10 @@ export class Primary extends EventEmitter {
         return;
       }
       const pauseStartMs = this.clock();
-      await this.onVm(() => this.vm.pause());
+      await this.onVm(async () => {
+        await this.vm.pause();
+        this.captureHoldsVm = true;
+      });
       let capture: EpochCapture;
       let events;
       let detached: Detached | undefined;
@@ -1144,11 +1158,17 @@ export class Primary extends EventEmitter {
         );
         events = this.tap.seal(sealedTxn);
         // Its pages are guest memory: encoded and copied now, before the guest runs again.
-        if (capture.inPlace === true) detached = this.detach(capture, core);
+        if (capture.inPlace === true) {
+          if (!this.inPlace) throw new KemariError('KEMARI_INVALID_ARGUMENT', 'the VM returned an in-place capture it was not asked for');
+          detached = this.detach(capture, core);
+        }
       } finally {
         // The VM runs on unless a fault (quiesced) or a loss under 'pause' stopped it during the capture; closing
         // stops protection, not the guest.
-        await this.onVm(() => (this.holdsVmPaused() ? undefined : this.vm.resume()));
+        await this.onVm(() => {
+          this.captureHoldsVm = false;
+          return this.holdsVmPaused() ? undefined : this.vm.resume();
+        });
       }
       const pauseMs = this.clock() - pauseStartMs;
       this.pauses.add(pauseMs);
@@ -1156,7 +1176,8 @@ export class Primary extends EventEmitter {
       // the running epoch (or were already discarded); its changes are kept for the next session, since the VM's
       // dirty tracking was reset by the capture.
       if (!this.live(core)) {
-        // An in-place epoch encoded before the loss: the cache holds its unsent pages, so it starts over.
+        // An in-place epoch encoded before the loss: the cache holds its unsent pages, so it starts over (a safeguard:
+        // whatever ended the session cleared it already, or ended this primary).
         if (detached?.encoded !== undefined) this.deltaCache?.clear();
         this.keepUnsent(detached === undefined ? capture : withPages(capture, []), full, sealedTxn, detached?.dirtyPages);
         return;
@@ -1164,7 +1185,11 @@ export class Primary extends EventEmitter {
       if (full) this.carry = [];
       const carried = !full && this.carry.length > 0;
       const taken = detached === undefined ? capture : withPages(capture, detached.pages);
-      const send = carried ? mergeCaptures([...this.carry, taken]) : taken;
+      // A carried copy of a page this in-place capture took must not win the merge (the page may have been dropped
+      // here as unchanged against the cache). Cannot happen today (a session starts with an empty cache and
+      // consumes its carry at once), but the merge must not depend on that.
+      const carry = detached === undefined ? this.carry : withoutPages(this.carry, detached.dirtyPages);
+      const send = carried ? mergeCaptures([...carry, taken]) : taken;
       this.carry = [];
       // Deltas only go out against copies the secondary holds for sure: never in a full sync (the cache starts over).
       let wire = send;
@@ -1493,4 +1518,11 @@ function concatPages(lists: readonly Uint32Array[]): Uint32Array {
     at += pages.length;
   }
   return all;
+}
+
+/** `captures` without their copies of the pages in `pages` (kept in order, their devices and disk writes kept). */
+function withoutPages(captures: readonly EpochCapture[], pages: Uint32Array): EpochCapture[] {
+  if (captures.every((c) => c.pages.length === 0)) return [...captures];
+  const taken = new Set(pages);
+  return captures.map((c) => withPages(c, c.pages.filter((p) => !taken.has(p.index))));
 }

@@ -14,6 +14,7 @@ import { SimulatedVm } from '../../src/vm/simulated-vm.js';
 import type { CaptureOptions, EpochCapture } from '../../src/vm/adapter.js';
 import { Workload } from '../../src/vm/workload.js';
 import { ForwardingConnection } from '../helpers/forwarding-connection.js';
+import type { ConnectionEvents } from '../../src/transport/connection.js';
 
 const cleanups: Array<() => unknown> = [];
 afterEach(async () => {
@@ -30,11 +31,26 @@ async function waitUntil(cond: () => boolean, what: string, timeoutMs = 10_000):
   }
 }
 
-/** Swallows every write once `swallowing`: epochs the primary sends that the secondary never receives. */
+/**
+ * Swallows every write once `swallowing`: epochs the primary sends that the secondary never receives. Holds what
+ * arrives (acks) while `holding`, until {@link deliver}.
+ */
 class Swallowing extends ForwardingConnection {
   swallowing = false;
+  holding = false;
+  private readonly held: Array<() => void> = [];
   override write(chunks: readonly Uint8Array[]): boolean {
     return this.swallowing ? true : super.write(chunks);
+  }
+  override on<E extends keyof ConnectionEvents>(event: E, listener: ConnectionEvents[E]): this {
+    if (event !== 'data') return super.on(event, listener);
+    const onData = listener as ConnectionEvents['data'];
+    this.inner.on('data', (chunk) => (this.holding ? this.held.push(() => onData(chunk)) : onData(chunk)));
+    return this;
+  }
+  deliver(): void {
+    this.holding = false;
+    for (const f of this.held.splice(0)) f();
   }
 }
 
@@ -53,7 +69,7 @@ class RecordingVm extends SimulatedVm {
   }
 }
 
-async function setup(options: { delta: boolean; settleOutputs?: () => Promise<void> }) {
+async function setup(options: { delta: boolean; settleOutputs?: () => Promise<void>; onSecondaryLoss?: 'pause' }) {
   const secondary = await Secondary.listen({ port: 0, sessionId: 'vm-in-place', heartbeat: HEARTBEAT, verify: true });
   cleanups.push(() => secondary.close());
   const vm = new RecordingVm({ memoryBytes: 1 << 20, seed: 61 });
@@ -73,6 +89,7 @@ async function setup(options: { delta: boolean; settleOutputs?: () => Promise<vo
       return link;
     },
     ...(options.settleOutputs === undefined ? {} : { settleOutputs: options.settleOutputs }),
+    ...(options.onSecondaryLoss === undefined ? {} : { onSecondaryLoss: options.onSecondaryLoss }),
   });
   cleanups.push(() => primary.close());
   const reprotections: Reprotection[] = [];
@@ -113,7 +130,8 @@ describe('in-place captures', () => {
       const captured: PrimaryCapture[] = [];
       primary.on('capture', (c: PrimaryCapture) => captured.push(c));
       links.at(-1)!.swallowing = true;
-      while (primary.stats().inFlight < 2) await steps(1);
+      // Two epochs swallowed and in flight (one sent before may still be acked meanwhile: then another follows).
+      while (captured.filter((c) => c.pages > 0).length < 2 || primary.stats().inFlight < 2) await steps(1);
       expect(captured.filter((c) => c.pages > 0).length).toBeGreaterThanOrEqual(2);
       const marked = vm.marked.length;
 
@@ -158,6 +176,98 @@ describe('in-place captures', () => {
     expect(new Set(vm.marked.slice(marked)).size).toBeGreaterThanOrEqual(25);
     await steps(5);
     await settled();
+  });
+
+  it("'pause': protection coming back while a checkpoint holds the VM paused does not resume it under that capture", async () => {
+    // After the loss the VM stays paused ('pause'). In the new session, the first epoch's ack is held back until the
+    // next checkpoint has paused the VM and waits in settleOutputs; the ack then makes the primary protected again,
+    // and its resume of the VM must wait for that checkpoint (else its capture reads a running guest's memory).
+    let session: { calls: number } | undefined;
+    let primaryRef: Primary | undefined;
+    let linksRef: Swallowing[] = [];
+    let overlapped: boolean | undefined;
+    const { primary, vm, links, reprotections, steps, settled } = await setup({
+      delta: true,
+      onSecondaryLoss: 'pause',
+      settleOutputs: async () => {
+        if (session === undefined || primaryRef?.state !== 'syncing') return;
+        session.calls += 1;
+        const link = linksRef.at(-1)!;
+        if (session.calls === 1) link.holding = true; // the resync epoch's ack will wait
+        else if (session.calls === 2) {
+          link.deliver();
+          await waitUntil(() => primaryRef!.state === 'protected', 'protected again');
+          await sleep(5);
+          overlapped = vm.paused;
+        }
+      },
+    });
+    primaryRef = primary;
+    linksRef = links;
+    await steps(20);
+    await waitUntil(() => primary.state === 'protected', 'protected');
+    session = { calls: 0 };
+    links.at(-1)!.close();
+    await waitUntil(() => reprotections.length > 0, 'reprotected');
+    await waitUntil(() => overlapped !== undefined, 'a second checkpoint in the new session');
+    expect(overlapped).toBe(true); // the VM was still paused for that checkpoint once protection came back
+    await steps(5);
+    expect(vm.paused).toBe(false); // and runs again after it
+    await settled();
+  });
+
+  it('views are never read once the guest runs again: a guest that rewrites its pages at every resume changes no epoch', async () => {
+    class Scribbling extends RecordingVm {
+      private last: number[] = [];
+      scribbled = 0;
+      override capture(options: CaptureOptions): EpochCapture {
+        const capture = super.capture(options);
+        this.last = capture.inPlace === true ? capture.pages.map((p) => p.index) : [];
+        return capture;
+      }
+      override resume(): void {
+        super.resume();
+        // The guest's first act after the pause: every page the in-place capture viewed is rewritten.
+        for (const index of this.last) this.write(index * this.pageBytes + 100, new Uint8Array(8).fill(0xee ^ (this.scribbled & 0xff)));
+        if (this.last.length > 0) this.scribbled += 1;
+        this.last = [];
+      }
+    }
+    const secondary = await Secondary.listen({ port: 0, sessionId: 'vm-scribble', heartbeat: HEARTBEAT, verify: true });
+    cleanups.push(() => secondary.close());
+    const vm = new Scribbling({ memoryBytes: 1 << 20, seed: 67 });
+    const primary = await Primary.start({ vm, sessionId: 'vm-scribble', heartbeat: HEARTBEAT, verify: true, delta: true, captureInPlace: true, sync: { mode: 'periodic', intervalMs: 5 }, secondary: { host: '127.0.0.1', port: secondary.port } });
+    cleanups.push(() => primary.close());
+    const workload = new Workload(vm, { seed: 68, pagesPerStep: 24, outputEvery: 0 });
+    for (let i = 0; i < 30; i++) {
+      workload.step();
+      await sleep(1);
+    }
+    await waitUntil(() => vm.scribbled >= 10, 'ten scribbled resumes');
+    // Verified at every ack: an epoch sent with a scribbled page would have failed its digest and ended the session.
+    expect(primary.state).toBe('protected');
+    expect(primary.stats().lastError).toBeUndefined();
+    expect(primary.stats().deltaPages).toBeGreaterThan(0);
+  });
+
+  it('a VM that answers with views it was not asked for fails the epoch, it is not sent', async () => {
+    class Unasked extends RecordingVm {
+      unasked = false;
+      override capture(options: CaptureOptions): EpochCapture {
+        return super.capture({ ...options, inPlace: this.unasked });
+      }
+    }
+    const secondary = await Secondary.listen({ port: 0, sessionId: 'vm-unasked', heartbeat: HEARTBEAT, verify: true });
+    cleanups.push(() => secondary.close());
+    const vm = new Unasked({ memoryBytes: 1 << 20, seed: 65 });
+    const primary = await Primary.start({ vm, sessionId: 'vm-unasked', heartbeat: HEARTBEAT, verify: true, sync: { mode: 'periodic', intervalMs: 5 }, reconnectDelayMs: 0, secondary: { host: '127.0.0.1', port: secondary.port } });
+    cleanups.push(() => primary.close());
+    const synced = secondary.committedTxn;
+    vm.unasked = true;
+    new Workload(vm, { seed: 66, outputEvery: 0 }).step();
+    await waitUntil(() => primary.stats().lastError !== undefined, 'the epoch failed');
+    expect(primary.stats().lastError).toMatchObject({ code: 'KEMARI_INVALID_ARGUMENT', message: expect.stringContaining('not asked for') });
+    expect(secondary.committedTxn).toBe(synced);
   });
 
   it('captures copy by default, and only a boolean is taken', async () => {
