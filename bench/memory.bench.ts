@@ -12,6 +12,8 @@
  *   fingerprints+semi1  fingerprints again, in a process run with --max-semi-space-size=1: a diagnostic row for V8's
  *                 young generation, which grows to tens of MiB in any busy Node.js process whatever the guest's
  *                 size (a per-process constant, not a fraction of the guest; an application may cap it so).
+ *   fingerprints+inplace  fingerprints again, with the primary's captureInPlace: an epoch in flight holds its deltas
+ *                 and the pages sent whole, not a copy of every dirty page (and the pause does the delta encoding).
  *
  * The two scanning modes wrap the VM in a {@link ScanningVm}, which takes the changed pages from the scan rather
  * than from the dirty bitmap, and checks each epoch that both agree (so the figures are of a correct primary).
@@ -59,7 +61,7 @@ const TXN_BYTES_MAX = MEMORY_BYTES + (64 << 20);
 const MIB = 1 << 20;
 
 /** The three ways to find changed pages, and fingerprints again with a full GC after every epoch (diagnostic). */
-type Mode = 'bitmap' | 'fingerprints' | 'shadow' | 'fingerprints+gc' | 'fingerprints+semi1';
+type Mode = 'bitmap' | 'fingerprints' | 'shadow' | 'fingerprints+gc' | 'fingerprints+semi1' | 'fingerprints+inplace';
 
 /** Resident and peak resident bytes of this process (Linux). */
 function memoryStatus(): { rss: number; hwm: number } {
@@ -289,6 +291,7 @@ async function runPrimary(mode: Mode): Promise<void> {
     secondary: { host: '127.0.0.1', port },
     delta: { cacheBytes: DELTA_CACHE_BYTES },
     pipelineDepth: 1,
+    captureInPlace: mode === 'fingerprints+inplace',
     heartbeat: { intervalMs: 100, missedMax: 100 },
     // The secondary answers HELLO once its replica and staging (two guests' worth) are allocated and touched: on a
     // VM whose page faults are slow that alone can take longer than the default 10 s.
@@ -353,14 +356,14 @@ async function main(): Promise<void> {
       `${DIRTY_PAGES} pages (1%) dirty per epoch, ${EPOCHS} epochs measured; pages ${pagesImplementation()}; node ${process.version}; load average ${loadavg()[0]!.toFixed(2)}`,
   );
   const results: Array<{ primary: PrimaryFigures; secondary: SecondaryFigures }> = [];
-  for (const mode of ['bitmap', 'fingerprints', 'shadow', 'fingerprints+gc', 'fingerprints+semi1'] as const) {
+  for (const mode of ['bitmap', 'fingerprints', 'shadow', 'fingerprints+gc', 'fingerprints+semi1', 'fingerprints+inplace'] as const) {
     const child = forkSelf(['primary', mode, ...(quick ? ['--quick'] : [])], mode === 'fingerprints+semi1' ? ['--max-semi-space-size=1'] : []);
     results.push(await nextMessage(child));
     child.disconnect();
   }
   console.log('primary (MiB; overhead = peak RSS - baseline RSS, the baseline holding the resident guest):');
   console.log(
-    `${'mode'.padEnd(16)} ${'reference'.padStart(10)} ${'baseline'.padStart(9)} ${'sync peak'.padStart(10)} ${'overhead'.padStart(9)} ${'% guest'.padStart(8)} ` +
+    `${'mode'.padEnd(20)} ${'reference'.padStart(10)} ${'baseline'.padStart(9)} ${'sync peak'.padStart(10)} ${'overhead'.padStart(9)} ${'% guest'.padStart(8)} ` +
       `${'steady peak'.padStart(12)} ${'overhead'.padStart(9)} ${'% guest'.padStart(8)} ${'delta cache'.padStart(12)} ${'beyond cache'.padStart(13)} ${'% guest'.padStart(8)} ${'pause p50'.padStart(10)}`,
   );
   const bitmap = results.find((r) => r.primary.mode === 'bitmap')!.primary;
@@ -369,7 +372,7 @@ async function main(): Promise<void> {
     const steadyOver = p.steadyPeakBytes - p.baselineBytes;
     const beyond = steadyOver - p.deltaCacheBytes;
     console.log(
-      `${p.mode.padEnd(16)} ${mib(p.referenceBytes).padStart(10)} ${mib(p.baselineBytes).padStart(9)} ${mib(p.syncPeakBytes).padStart(10)} ${mib(syncOver).padStart(9)} ${pct(syncOver).padStart(8)} ` +
+      `${p.mode.padEnd(20)} ${mib(p.referenceBytes).padStart(10)} ${mib(p.baselineBytes).padStart(9)} ${mib(p.syncPeakBytes).padStart(10)} ${mib(syncOver).padStart(9)} ${pct(syncOver).padStart(8)} ` +
         `${mib(p.steadyPeakBytes).padStart(12)} ${mib(steadyOver).padStart(9)} ${pct(steadyOver).padStart(8)} ${mib(p.deltaCacheBytes).padStart(12)} ${mib(beyond).padStart(13)} ${pct(beyond).padStart(8)} ` +
         `${(p.pauseP50Ms.toFixed(1) + ' ms').padStart(10)}`,
     );
@@ -378,7 +381,7 @@ async function main(): Promise<void> {
   for (const { primary: p } of results) {
     const added = p.steadyPeakBytes - p.baselineBytes - p.deltaCacheBytes - (bitmap.steadyPeakBytes - bitmap.baselineBytes - bitmap.deltaCacheBytes);
     console.log(
-      `  ${p.mode.padEnd(16)} ${p.mode === 'bitmap' ? '-'.padStart(9) : mib(added).padStart(9)} MiB ${p.mode === 'bitmap' ? '' : `(${pct(added)} of the guest)`}; ` +
+      `  ${p.mode.padEnd(20)} ${p.mode === 'bitmap' ? '-'.padStart(9) : mib(added).padStart(9)} MiB ${p.mode === 'bitmap' ? '' : `(${pct(added)} of the guest)`}; ` +
         `V8 heap used ${mib(p.heapUsedBytes)} MiB, young generation committed ${p.youngGrowthBytes >= 0 ? '+' : ''}${mib(p.youngGrowthBytes)} MiB, ArrayBuffers ${mib(p.arrayBuffersBytes)} MiB (guest ${mib(MEMORY_BYTES)}, reference ${mib(p.referenceBytes)}, delta cache ${mib(p.deltaCacheBytes)})`,
     );
   }
@@ -393,7 +396,8 @@ async function main(): Promise<void> {
       `the table itself is ${pct(fingerprints.referenceBytes)}, ${FINGERPRINT_BYTES} bytes a page, plus 5 bytes a page of scan output; ` +
       `the epoch in flight (its send buffer, reused from epoch to epoch) ${pct(DIRTY_PAGES * PAGE_BYTES)}; ` +
       `fingerprints add ${pct(beyond - beyondCache('bitmap'))} to the bitmap mode; with a GC after every epoch ${pct(beyondCache('fingerprints+gc'))}; ` +
-      `with V8's young generation capped at 1 MiB semi-spaces ${pct(beyondCache('fingerprints+semi1'))}, so the young generation accounts for ${mib(beyond - beyondCache('fingerprints+semi1'))} MiB)`,
+      `with V8's young generation capped at 1 MiB semi-spaces ${pct(beyondCache('fingerprints+semi1'))}, so the young generation accounts for ${mib(beyond - beyondCache('fingerprints+semi1'))} MiB; ` +
+      `with captureInPlace ${pct(beyondCache('fingerprints+inplace'))})`,
   );
   // The same peak in parts: what grows with the guest, what grows with the epoch, and V8's young generation, which
   // grows with the process's allocation whatever the guest's size (up to 2 x 16 MiB semi-spaces on Node 20): its
@@ -411,7 +415,7 @@ async function main(): Promise<void> {
     const staging = Math.min(TXN_BYTES_MAX, MEMORY_BYTES + 2 * MIB);
     const other = s.hwmBytes - s.baselineBytes - MEMORY_BYTES - staging;
     console.log(
-      `  with the ${p.mode.padEnd(15)} primary: peak RSS ${mib(s.hwmBytes)} MiB, now ${mib(s.rssBytes)} MiB = baseline ${mib(s.baselineBytes)} + replica ${mib(MEMORY_BYTES)} ` +
+      `  with the ${p.mode.padEnd(20)} primary: peak RSS ${mib(s.hwmBytes)} MiB, now ${mib(s.rssBytes)} MiB = baseline ${mib(s.baselineBytes)} + replica ${mib(MEMORY_BYTES)} ` +
         `+ staging ${mib(staging)} + ${mib(other)} other (${pct(other)} of the guest); staging <= txnBytesMax: ${staging <= TXN_BYTES_MAX ? 'yes' : 'NO'}`,
     );
   }

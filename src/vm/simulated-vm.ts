@@ -9,7 +9,8 @@
  *
  * Rules it enforces, as a hypervisor would:
  * - While paused, nothing changes: memory writes, disk writes and device operations throw KEMARI_VM_PAUSED.
- * - {@link SimulatedVm.capture} is only allowed while paused, copies everything it returns, and starts a new epoch
+ * - {@link SimulatedVm.capture} is only allowed while paused, copies everything it returns (but the pages of an
+ *   in-place capture, which are views of guest memory), and starts a new epoch
  *   (dirty bitmap cleared, disk write log handed over and reset).
  * - The disk write log of one epoch is bounded by `diskLogBytesMax`; a disk write that would exceed it is refused
  *   with KEMARI_DISK_LOG_FULL and changes nothing: capture the epoch first.
@@ -526,8 +527,9 @@ export class SimulatedVm implements VmAdapter {
 
   /**
    * Captures the epoch; the VM must be paused (else KEMARI_INVALID_ARGUMENT). Pages (every page when `full`, else
-   * the dirty ones) are sorted by index; RAW pages are copies held in one send buffer allocated for this capture,
-   * all-zero pages are ZERO with empty data. Devices are copies in {@link deviceNames} order, `diskWrites` is the
+   * the dirty ones) are sorted by index; RAW pages are copies held in one send buffer allocated for this capture
+   * (with `inPlace`: views of guest memory, valid until the guest writes again), all-zero pages are ZERO with empty
+   * data. Devices are copies in {@link deviceNames} order, `diskWrites` is the
    * epoch's log. Then the dirty bitmap and the disk write log are reset.
    */
   capture(options: CaptureOptions): EpochCapture {
