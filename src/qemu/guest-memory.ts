@@ -409,6 +409,32 @@ export class GuestMemory {
     this.allChanged = true;
   }
 
+  /**
+   * Marks pages changed whatever they hold (VmAdapter.markDirty): the next {@link takePages} returns them too. An
+   * index outside the memory is KEMARI_INVALID_ARGUMENT, and then no page is marked.
+   */
+  markChanged(pageIndices: Uint32Array): void {
+    for (const index of pageIndices) {
+      if (index >= this.pageCount) {
+        throw new KemariError('KEMARI_INVALID_ARGUMENT', `page ${index} is beyond the last page (${this.pageCount - 1})`, { details: { field: 'pageIndices', index } });
+      }
+    }
+    for (const page of pageIndices) {
+      if (this.changed[page] === 0) {
+        this.changed[page] = 1;
+        this.changedList.push(page);
+      }
+    }
+  }
+
+  /**
+   * Whether {@link takePages} can give views instead of copies: only when the shadow holds every page (a block read
+   * from its file is read into a copy).
+   */
+  get takesInPlace(): boolean {
+    return this.shadowIsLinear;
+  }
+
   /** Pages marked changed since the last {@link takePages} (all of them after {@link markAllChanged}). */
   get changedPageCount(): number {
     return this.allChanged ? this.pageCount : this.changedList.length;
@@ -418,9 +444,10 @@ export class GuestMemory {
    * Copies of the changed pages (every page when `all`), sorted by index, in one send buffer (from `allocate`, by
    * default a new one), and that buffer; all-zero pages are ZERO with empty data. Pages of a block kept outside the
    * shadow are read from its source (the VM must be stopped since the last scan). Clears the change marks, once
-   * every page is copied: a copy that fails leaves them all marked.
+   * every page is copied: a copy that fails leaves them all marked. With `inPlace` (and {@link takesInPlace}) the
+   * RAW pages are views of the shadow instead, valid until the next stream or {@link load} changes it; no buffer.
    */
-  takePages(all: boolean, allocate?: SendBufferAllocator): { pages: Page[]; send: Uint8Array } {
+  takePages(all: boolean, allocate?: SendBufferAllocator, inPlace = false): { pages: Page[]; send: Uint8Array } {
     let indices: Uint32Array;
     if (all || this.allChanged) {
       indices = new Uint32Array(this.pageCount);
@@ -429,7 +456,16 @@ export class GuestMemory {
       indices = Uint32Array.from(this.changedList).sort();
     }
     let taken: { pages: Page[]; send: Uint8Array };
-    if (this.shadowIsLinear) {
+    if (inPlace && this.shadowIsLinear) {
+      const shadow = this.shadow;
+      const pages: Page[] = new Array(indices.length);
+      for (let i = 0; i < indices.length; i++) {
+        const index = indices[i]!;
+        const at = index * PAGE_BYTES;
+        pages[i] = ZERO_PAGE.compare(shadow, at, at + PAGE_BYTES) === 0 ? { index, kind: PageKind.ZERO, data: EMPTY } : { index, kind: PageKind.RAW, data: shadow.subarray(at, at + PAGE_BYTES) };
+      }
+      taken = { pages, send: EMPTY };
+    } else if (this.shadowIsLinear) {
       const shadow = this.shadow;
       taken = copyPages(shadow, PAGE_BYTES, indices, (index) => ZERO_PAGE.compare(shadow, index * PAGE_BYTES, (index + 1) * PAGE_BYTES) === 0, allocate);
     } else {

@@ -418,7 +418,7 @@ export class QemuVm implements VmAdapter {
   /**
    * Captures the epoch; the VM must be paused (else KEMARI_INVALID_ARGUMENT). Migrates the stopped VM to our socket
    * (unless the guest has not run since the last stream), returns the pages that differ from the last capture
-   * (every page when `full`) as copies, the device state, the disk writes logged since the last capture in order
+   * (every page when `full`) as copies (with `inPlace`, in shadow mode: views of the shadow), the device state, the disk writes logged since the last capture in order
    * (the whole disk when `full` or `wholeDisks`), and the state digest when asked. Failures: KEMARI_QMP_ERROR,
    * KEMARI_MIGRATION_FORMAT, KEMARI_TIMEOUT, KEMARI_QEMU_EXITED; the pages a failed capture saw stay marked, so the
    * next capture still returns them.
@@ -434,7 +434,8 @@ export class QemuVm implements VmAdapter {
     }
     const full = options.full === true;
     const shared = options.sharedBuffers === true;
-    const { pages, send } = this.memory.takePages(full, (bytes) => this.captureBuffers.take(bytes, shared));
+    const inPlace = options.inPlace === true && this.memory.takesInPlace;
+    const { pages, send } = this.memory.takePages(full, (bytes) => this.captureBuffers.take(bytes, shared), inPlace);
     const devices: DeviceState[] = [{ name: QEMU_DEVICE_NAME, state: this.state }];
     let diskWrites: DiskWrite[] = [];
     if (this.disk !== undefined) {
@@ -449,9 +450,22 @@ export class QemuVm implements VmAdapter {
     this.counters.captures += 1;
     this.counters.pagesCaptured += pages.length;
     this.counters.lastPages = pages.length;
-    const capture: EpochCapture = { full, pages, devices, diskWrites, stateDigest };
+    const capture: EpochCapture = { full, pages, devices, diskWrites, stateDigest, ...(inPlace ? { inPlace } : {}) };
     this.captureBuffers.own(capture, send);
     return capture;
+  }
+
+  /**
+   * Marks pages changed (see VmAdapter.markDirty): the next capture returns them, as the shadow (or the shared file)
+   * holds them then. With it a Primary may capture in place (`captureInPlace`): in shadow mode (the default) the
+   * pages are then views of the shadow, which the primary encodes or copies while the VM is stopped.
+   */
+  markDirty(pageIndices: Uint32Array): void {
+    this.checkOpen();
+    if (!(pageIndices instanceof Uint32Array)) {
+      throw new KemariError('KEMARI_INVALID_ARGUMENT', 'markDirty: pageIndices must be a Uint32Array', { details: { field: 'pageIndices' } });
+    }
+    this.memory.markChanged(pageIndices);
   }
 
   /** Takes back a committed capture's send buffer for a later capture (see VmAdapter.releaseCapture). */
