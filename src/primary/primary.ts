@@ -1040,7 +1040,8 @@ export class Primary extends EventEmitter {
     const dirtyPages = new Uint32Array(capture.pages.length);
     for (let i = 0; i < dirtyPages.length; i++) dirtyPages[i] = capture.pages[i]!.index;
     if (!this.live(core)) return { pages: [], send: NO_PAGES, dirtyPages, encoded: undefined };
-    const encoded = this.deltaActive && this.deltaCache !== undefined ? this.deltaCache.encode(capture.pages) : undefined;
+    // The pages new to the cache are copied into it after the resume, from their send-buffer copies (same bytes).
+    const encoded = this.deltaActive && this.deltaCache !== undefined ? this.deltaCache.encode(capture.pages, { deferRemember: true }) : undefined;
     // The whole pages vary from epoch to epoch (cache hits and misses): buffers of a power of two bytes, so the next
     // epoch's fits the one the last ack freed, and no buffer of the size just missed is kept beside it.
     const { pages, send } = detachPages(encoded?.pages ?? capture.pages, this.vm.pageBytes, (bytes) => this.sendBuffers.take(2 ** Math.ceil(Math.log2(bytes)), false).subarray(0, bytes));
@@ -1196,6 +1197,7 @@ export class Primary extends EventEmitter {
       if (full) this.deltaCache?.clear();
       else if (detached !== undefined) {
         if (detached.encoded !== undefined) {
+          this.deltaCache?.rememberSent(detached.pages, detached.encoded.unremembered ?? []);
           this.deltaPages += detached.encoded.deltaPages;
           this.deltaSavedBytes += detached.encoded.savedBytes;
         }

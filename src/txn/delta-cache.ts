@@ -39,6 +39,20 @@ export interface DeltaEncoding {
   savedBytes: number;
   /** Whether the deltas were computed by a worker pool's threads. */
   parallel: boolean;
+  /**
+   * With `deferRemember`: the positions in `pages` of the pages sent whole that are not in the cache yet; pass them,
+   * with the pages as they will be sent, to {@link DeltaCache.rememberSent} before the next encode.
+   */
+  unremembered?: number[];
+}
+
+/** Options of {@link DeltaCache.encode}. */
+export interface DeltaEncodeOptions {
+  /**
+   * Leave the copying of pages sent whole (new to the cache) to {@link DeltaCache.rememberSent}: so an in-place
+   * capture copies them into the cache from its own copies, once the guest runs again, not during the pause.
+   */
+  deferRemember?: boolean;
 }
 
 /** Options of a {@link DeltaCache}. */
@@ -139,9 +153,20 @@ export class DeltaCache {
    * sent. A delta is used only when it is under half a page. The returned DELTA pages are views of new buffers, one
    * per window of {@link DELTA_WINDOW_PAGES} pages.
    */
-  encode(pages: readonly Page[]): DeltaEncoding {
+  encode(pages: readonly Page[], options: DeltaEncodeOptions = {}): DeltaEncoding {
     const plan = this.plan(pages);
-    return this.finish(pages, plan, this.encodeBatch(plan), false);
+    return this.finish(pages, plan, this.encodeBatch(plan), false, options.deferRemember === true);
+  }
+
+  /**
+   * Remembers the pages an encode with `deferRemember` left out: `pages[i]` for each of `positions` (the encoding's
+   * `unremembered`), which must hold what was encoded then. Nothing else may touch the cache in between.
+   */
+  rememberSent(pages: readonly Page[], positions: readonly number[]): void {
+    for (const i of positions) {
+      const page = pages[i]!;
+      this.remember(page.index, page.data);
+    }
   }
 
   /**
@@ -263,7 +288,7 @@ export class DeltaCache {
   }
 
   /** The pages to send, in the epoch's order, with the deltas of `encoded`; new pages remembered. */
-  private finish(pages: readonly Page[], plan: Plan, encoded: Encoded, parallel: boolean): DeltaEncoding {
+  private finish(pages: readonly Page[], plan: Plan, encoded: Encoded, parallel: boolean, deferRemember = false): DeltaEncoding {
     const pageBytes = this.pageBytes;
     const { lengths, deltas, windowPages } = encoded;
     const sent: Page[] = [];
@@ -273,11 +298,15 @@ export class DeltaCache {
     let window = -1;
     let windowDeltas = EMPTY;
     let at = 0;
+    const unremembered: number[] = [];
     for (let i = 0; i < pages.length; i++) {
       const page = pages[i]!;
       const k = plan.batchOf[i]!;
       if (k < 0) {
-        if (page.kind === PageKind.RAW) this.remember(page.index, page.data);
+        if (page.kind === PageKind.RAW) {
+          if (deferRemember) unremembered.push(sent.length);
+          else this.remember(page.index, page.data);
+        }
         sent.push(page);
         continue;
       }
@@ -300,7 +329,7 @@ export class DeltaCache {
         sent.push(page);
       }
     }
-    return { pages: sent, deltaPages, unchangedPages, savedBytes, parallel };
+    return { pages: sent, deltaPages, unchangedPages, savedBytes, parallel, ...(deferRemember ? { unremembered } : {}) };
   }
 
   /** Makes the slab exist, the scratch hold the deltas of `n` pages and the lengths `lengthsCount` (default `n`). */

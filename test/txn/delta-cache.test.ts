@@ -14,6 +14,33 @@ const raw = (index: number, fill: (b: Uint8Array) => void): Page => {
 };
 
 describe('DeltaCache', () => {
+  test.prop([fc.array(fc.array(fc.tuple(fc.integer({ min: 0, max: 40 }), fc.integer({ min: 0, max: 255 }), fc.integer({ min: 0, max: PAGE - 1 })), { maxLength: 30 }), { minLength: 1, maxLength: 8 })])(
+    'deferRemember then rememberSent encodes every epoch as the plain encode does (evictions included)',
+    (epochs) => {
+      // 16 slots for up to 41 pages: the clock evicts. Both caches see the same pages; one copies new ones later.
+      const plain = new DeltaCache(PAGE, 16 * PAGE);
+      const deferred = new DeltaCache(PAGE, 16 * PAGE);
+      const memory = new Map<number, Uint8Array>();
+      for (const writes of epochs) {
+        for (const [index, value, at] of writes) {
+          const page = memory.get(index) ?? new Uint8Array(PAGE).fill(1);
+          page[at] = value;
+          memory.set(index, page);
+        }
+        const touched = [...new Set(writes.map(([index]) => index))].sort((a, b) => a - b);
+        const pages = (): Page[] => touched.map((index) => ({ index, kind: PageKind.RAW, data: memory.get(index)!.slice() }));
+        const a = plain.encode(pages());
+        const b = deferred.encode(pages(), { deferRemember: true });
+        expect(a.unremembered).toBeUndefined();
+        expect(b.pages.map((p) => [p.index, p.kind, Buffer.from(p.data).toString('hex')])).toEqual(a.pages.map((p) => [p.index, p.kind, Buffer.from(p.data).toString('hex')]));
+        // Left out: pages sent whole only, and the same epoch's plain encode did copy them in.
+        expect((b.unremembered ?? []).every((i) => b.pages[i]!.kind === PageKind.RAW)).toBe(true);
+        deferred.rememberSent(b.pages, b.unremembered ?? []);
+        expect(deferred.bytes).toBe(plain.bytes);
+      }
+    },
+  );
+
   it('sends a page whole the first time, as a delta when a little changed, not at all when unchanged', () => {
     const cache = new DeltaCache(PAGE, 1 << 20);
     const v1 = raw(3, (b) => b.fill(7));
