@@ -56,6 +56,11 @@ export interface GuestRamBlock {
 export interface SharedBlockSource {
   /** Copies `length` bytes at `positionBytes` of the block into `target` at `targetOffset`. */
   readInto(target: Uint8Array, targetOffset: number, positionBytes: number, length: number): void;
+  /**
+   * Optional: a view of `length` bytes at `positionBytes` of the block itself (a mapping), valid while the VM is
+   * stopped; undefined when there is none. What lets captures of a block kept outside the shadow be in place.
+   */
+  view?(positionBytes: number, length: number): Uint8Array | undefined;
 }
 
 /** Options of a {@link GuestMemory}. */
@@ -428,11 +433,11 @@ export class GuestMemory {
   }
 
   /**
-   * Whether {@link takePages} can give views instead of copies: only when the shadow holds every page (a block read
-   * from its file is read into a copy).
+   * Whether {@link takePages} can give views instead of copies: when every block is in the shadow, or (fingerprints
+   * mode) kept in a source that can be viewed in place (a mapped file).
    */
   get takesInPlace(): boolean {
-    return this.shadowIsLinear;
+    return this.placements.every((p) => p.source === undefined || p.source.view?.(0, 0) !== undefined);
   }
 
   /** Pages marked changed since the last {@link takePages} (all of them after {@link markAllChanged}). */
@@ -445,7 +450,8 @@ export class GuestMemory {
    * default a new one), and that buffer; all-zero pages are ZERO with empty data. Pages of a block kept outside the
    * shadow are read from its source (the VM must be stopped since the last scan). Clears the change marks, once
    * every page is copied: a copy that fails leaves them all marked. With `inPlace` (and {@link takesInPlace}) the
-   * RAW pages are views of the shadow instead, valid until the next stream or {@link load} changes it; no buffer.
+   * RAW pages are views instead, no buffer: of the shadow (valid until the next stream or {@link load} changes it),
+   * or of a mapped block (valid while the VM stays stopped).
    */
   takePages(all: boolean, allocate?: SendBufferAllocator, inPlace = false): { pages: Page[]; send: Uint8Array } {
     let indices: Uint32Array;
@@ -456,15 +462,8 @@ export class GuestMemory {
       indices = Uint32Array.from(this.changedList).sort();
     }
     let taken: { pages: Page[]; send: Uint8Array };
-    if (inPlace && this.shadowIsLinear) {
-      const shadow = this.shadow;
-      const pages: Page[] = new Array(indices.length);
-      for (let i = 0; i < indices.length; i++) {
-        const index = indices[i]!;
-        const at = index * PAGE_BYTES;
-        pages[i] = ZERO_PAGE.compare(shadow, at, at + PAGE_BYTES) === 0 ? { index, kind: PageKind.ZERO, data: EMPTY } : { index, kind: PageKind.RAW, data: shadow.subarray(at, at + PAGE_BYTES) };
-      }
-      taken = { pages, send: EMPTY };
+    if (inPlace && this.takesInPlace) {
+      taken = { pages: this.pageViews(indices), send: EMPTY };
     } else if (this.shadowIsLinear) {
       const shadow = this.shadow;
       taken = copyPages(shadow, PAGE_BYTES, indices, (index) => ZERO_PAGE.compare(shadow, index * PAGE_BYTES, (index + 1) * PAGE_BYTES) === 0, allocate);
@@ -572,6 +571,29 @@ export class GuestMemory {
     if (placement.source === undefined) return this.shadow.subarray(placement.shadowOffsetBytes + within, placement.shadowOffsetBytes + within + PAGE_BYTES);
     placement.source.readInto(this.pageScratch, 0, within, PAGE_BYTES);
     return this.pageScratch;
+  }
+
+  /** The pages at `indices` as views of the shadow or of their block's source (see {@link takePages}). */
+  private pageViews(indices: Uint32Array): Page[] {
+    const { placements, shadow } = this;
+    const pages: Page[] = new Array(indices.length);
+    for (let i = 0, p = 0; i < indices.length; i++) {
+      const index = indices[i]!;
+      while (index >= placements[p]!.endPage) p += 1;
+      const placement = placements[p]!;
+      const within = (index - placement.firstPage) * PAGE_BYTES;
+      let data: Uint8Array | undefined;
+      if (placement.source !== undefined) {
+        // Zero as the scans found it, as copySplit goes by.
+        if (this.knownZero[index] !== 1) data = placement.source.view!(within, PAGE_BYTES);
+        if (data === undefined && this.knownZero[index] !== 1) throw new KemariError('KEMARI_INVALID_ARGUMENT', `RAM block ${JSON.stringify(placement.block.name)} can no longer be viewed in place`);
+      } else {
+        const at = placement.shadowOffsetBytes + within;
+        if (ZERO_PAGE.compare(shadow, at, at + PAGE_BYTES) !== 0) data = shadow.subarray(at, at + PAGE_BYTES);
+      }
+      pages[i] = data === undefined ? { index, kind: PageKind.ZERO, data: EMPTY } : { index, kind: PageKind.RAW, data };
+    }
+    return pages;
   }
 
   /**

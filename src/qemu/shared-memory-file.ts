@@ -181,6 +181,21 @@ export class SharedMemoryFile implements SharedBlockSource {
   }
 
   /**
+   * A view of `length` bytes at `positionBytes` of the live mapping (what QEMU writes shows through: read it only
+   * while the VM is stopped), or undefined without the native addon (no mapping: use {@link readInto}).
+   * KEMARI_INVALID_ARGUMENT for a range outside the file, KEMARI_CLOSED once closed.
+   */
+  view(positionBytes: number, length: number): Uint8Array | undefined {
+    this.checkOpen();
+    if (!Number.isSafeInteger(positionBytes) || !Number.isSafeInteger(length) || positionBytes < 0 || length < 0 || positionBytes + length > this.sizeBytes) {
+      throw new KemariError('KEMARI_INVALID_ARGUMENT', `cannot view ${length} bytes at ${positionBytes} of the shared memory file`, {
+        details: { path: this.path, positionBytes, length, sizeBytes: this.sizeBytes },
+      });
+    }
+    return this.mapped()?.subarray(positionBytes, positionBytes + length);
+  }
+
+  /**
    * The live mapping of the file (mapped on first use), or undefined without the native addon. A mapping that
    * turned out to be a copy (the runtime refused external buffers during the call) is dropped: a copy would not
    * see QEMU's later writes, so positioned reads are used instead.

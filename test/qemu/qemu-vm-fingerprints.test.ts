@@ -32,6 +32,7 @@ import type { EpochCapture } from '../../src/vm/adapter.js';
 import { PageKind } from '../../src/wire/bodies/pages.js';
 import { HAS_QEMU, NO_QEMU_MESSAGE, readGuestWords, tempDir } from '../helpers/qemu.js';
 import { GUEST, MACHINE_ARGS, SHARED_BYTES, applyCapture, runFingerprintEpochs } from './fingerprint-epochs.js';
+import { runInPlaceEpochs } from './in-place-epochs.js';
 
 const HAS_NASM = spawnSync('nasm', ['-v'], { stdio: 'ignore' }).status === 0;
 const HAS_SHM = existsSync('/dev/shm');
@@ -259,6 +260,12 @@ describe.skipIf(SKIP)('QemuVm shared memory with fingerprints change detection (
     await sleep(200);
     const [later] = await readGuestWords(resumed.qmp, COUNTER_ADDRESS, 1);
     expect(later).toBeGreaterThan(start!);
+  });
+
+  it('in place: the changed pages are views of the mapped file while QEMU is stopped, deltas verified at every ack, a lost link resumed', async () => {
+    const { vm } = await launch('fingerprints');
+    await runInPlaceEpochs(vm, cleanups);
+    expect(vm.stats()).toMatchObject({ fingerprintBytes: (SHARED_BYTES / PAGE_BYTES) * 8 });
   });
 
   it('a capture that fails after the scan loses no changed page: the pages whose fingerprints moved on stay marked', async () => {

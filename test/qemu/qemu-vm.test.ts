@@ -19,9 +19,8 @@ import {
 } from '../../examples/guest/build-guest.js';
 import type { GuestParams } from '../../examples/guest/build-guest.js';
 import { Primary } from '../../src/primary/primary.js';
-import type { PrimaryCapture, Reprotection } from '../../src/primary/primary.js';
-import { connect } from '../../src/transport/index.js';
-import { ForwardingConnection } from '../helpers/forwarding-connection.js';
+import type { PrimaryCapture } from '../../src/primary/primary.js';
+import { runInPlaceEpochs } from './in-place-epochs.js';
 import { MemoryNbdBackend } from '../../src/qemu/nbd/memory-nbd-backend.js';
 import { QemuDisk } from '../../src/qemu/qemu-disk.js';
 import { QEMU_DEVICE_NAME } from '../../src/qemu/qemu-device-state.js';
@@ -49,14 +48,6 @@ const MACHINE_ARGS: readonly string[] = [...GUEST_ARGS, '-no-reboot'];
 const GUEST: Partial<GuestParams> = { tickHz: 100, dirtyPagesPerTick: 4, ringPages: 256, serialEveryTicks: 0, diskEveryTicks: 5, diskLbaBase: 2048, diskLbaCount: 1024 };
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Swallows every write once `swallowing`: epochs sent that the secondary never receives. */
-class Swallowing extends ForwardingConnection {
-  swallowing = false;
-  override write(chunks: readonly Uint8Array[]): boolean {
-    return this.swallowing ? true : super.write(chunks);
-  }
-}
 
 describe.skipIf(SKIP)('QemuVm with real QEMU', () => {
   let dir: { path: string; remove: () => void };
@@ -290,53 +281,7 @@ describe.skipIf(SKIP)('QemuVm with real QEMU', () => {
 
   it('in place: deltas encoded from the shadow while QEMU is stopped, verified at every ack; a lost link resumes by marking pages changed', async () => {
     const { vm } = await startGuest();
-    const secondary = await Secondary.listen<QemuVm>({ host: '127.0.0.1', port: 0, verify: true });
-    cleanups.push(() => secondary.close());
-    const inPlace: boolean[] = [];
-    const capture = vm.capture.bind(vm);
-    vm.capture = async (options) => {
-      const taken = await capture(options);
-      if (!options.full) inPlace.push(taken.inPlace === true);
-      return taken;
-    };
-    const marked: number[] = [];
-    const markDirty = vm.markDirty.bind(vm);
-    vm.markDirty = (pages) => {
-      marked.push(pages.length);
-      markDirty(pages);
-    };
-    let link: Swallowing | undefined;
-    const primary = await Primary.start({
-      vm,
-      connector: async () => (link = new Swallowing(await connect({ host: '127.0.0.1', port: secondary.port }))),
-      sync: { mode: 'periodic', intervalMs: 50 },
-      verify: true,
-      delta: true,
-      captureInPlace: true,
-      pipelineDepth: 2,
-      reconnectDelayMs: 20,
-      precopyRoundsMax: 0,
-    });
-    cleanups.push(() => primary.close());
-    await waitFor(() => primary.stats().ackedTxn >= 6, 20_000);
-    expect(inPlace.length).toBeGreaterThan(3);
-    expect(inPlace.every((x) => x)).toBe(true);
-    expect(primary.stats().deltaPages).toBeGreaterThan(0);
-    // Epochs go out that the secondary never receives; then the link dies, and the secondary resumes from its
-    // committed epoch: those epochs' pages are marked changed and taken from the shadow again.
-    link!.swallowing = true;
-    const swallowedFrom = primary.stats().epochs;
-    await waitFor(() => primary.stats().epochs >= swallowedFrom + 2 && primary.stats().inFlight >= 1, 20_000);
-    const reprotected = new Promise<Reprotection>((resolve) => primary.once('reprotected', resolve));
-    link!.close();
-    expect((await reprotected).full).toBe(false);
-    expect(marked.length).toBeGreaterThan(0);
-    const after = primary.stats().ackedTxn;
-    await waitFor(() => primary.stats().ackedTxn >= after + 4, 20_000);
-    // Every ack compared digests: a page missing from the resumed transaction would have failed it.
-    expect(primary.state).toBe('protected');
-    expect(primary.stats().lastError?.code).not.toBe('KEMARI_VERIFY_FAILED');
-    expect(() => vm.markDirty(Uint32Array.of(vm.memoryBytes / vm.pageBytes))).toThrow(expect.objectContaining({ code: 'KEMARI_INVALID_ARGUMENT' }));
+    await runInPlaceEpochs(vm, cleanups);
   });
 
   it('a full disk log refuses the write (NBD ENOSPC): QEMU stops the guest, the capture takes the log, cont retries the write', async () => {
