@@ -26,6 +26,7 @@ import { KemariError } from '../errors.js';
 import { scanChangedPages } from '../pages/scan.js';
 import type { PagesWorkerPool } from '../pages/worker-pool.js';
 import { copyPages } from '../vm/copy-pages.js';
+import { markPages } from '../vm/mark-pages.js';
 import type { SendBufferAllocator } from '../vm/copy-pages.js';
 import { PageKind } from '../wire/bodies/pages.js';
 import type { Page } from '../wire/bodies/pages.js';
@@ -419,17 +420,7 @@ export class GuestMemory {
    * index outside the memory is KEMARI_INVALID_ARGUMENT, and then no page is marked.
    */
   markChanged(pageIndices: Uint32Array): void {
-    for (const index of pageIndices) {
-      if (index >= this.pageCount) {
-        throw new KemariError('KEMARI_INVALID_ARGUMENT', `page ${index} is beyond the last page (${this.pageCount - 1})`, { details: { field: 'pageIndices', index } });
-      }
-    }
-    for (const page of pageIndices) {
-      if (this.changed[page] === 0) {
-        this.changed[page] = 1;
-        this.changedList.push(page);
-      }
-    }
+    markPages(this.changed, this.changedList, pageIndices);
   }
 
   /**

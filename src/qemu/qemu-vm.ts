@@ -462,9 +462,6 @@ export class QemuVm implements VmAdapter {
    */
   markDirty(pageIndices: Uint32Array): void {
     this.checkOpen();
-    if (!(pageIndices instanceof Uint32Array)) {
-      throw new KemariError('KEMARI_INVALID_ARGUMENT', 'markDirty: pageIndices must be a Uint32Array', { details: { field: 'pageIndices' } });
-    }
     this.memory.markChanged(pageIndices);
   }
 

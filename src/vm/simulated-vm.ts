@@ -24,6 +24,7 @@ import { PAGE_BYTES_MAX, PAGE_BYTES_MIN, PageKind, isValidPageBytes } from '../w
 import type { Page } from '../wire/bodies/pages.js';
 import { CaptureBuffers } from './capture-buffers.js';
 import { copyPages } from './copy-pages.js';
+import { markPages } from './mark-pages.js';
 import { isRecord } from '../wire/msgpack.js';
 import { checkBytes, checkInteger, invalid } from '../wire/validate.js';
 import type { CaptureOptions, EpochCapture, PrecopyChunk, PrecopyOptions, VmAdapter } from './adapter.js';
@@ -592,14 +593,7 @@ export class SimulatedVm implements VmAdapter {
    * memory is KEMARI_INVALID_ARGUMENT, and then no page is marked.
    */
   markDirty(pageIndices: Uint32Array): void {
-    if (!(pageIndices instanceof Uint32Array)) invalid('pageIndices', 'must be a Uint32Array', pageIndices);
-    for (const index of pageIndices) if (index >= this.pageCount) invalid('pageIndices', `page ${index} is beyond the last page (${this.pageCount - 1})`, index);
-    for (const page of pageIndices) {
-      if (this.dirty[page] === 0) {
-        this.dirty[page] = 1;
-        this.dirtyList.push(page);
-      }
-    }
+    markPages(this.dirty, this.dirtyList, pageIndices);
   }
 
   /** Takes back a committed capture's send buffer for a later capture (see VmAdapter.releaseCapture). */
