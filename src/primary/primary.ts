@@ -379,8 +379,8 @@ export class Primary extends EventEmitter {
   private readonly sharedBuffers: boolean;
   /** Capture in place (PrimaryOptions.captureInPlace, and the VM has markDirty). */
   private readonly inPlace: boolean;
-  /** Send buffers of the pages in-place epochs send whole, reused once acked. */
-  private readonly sendBuffers = new CaptureBuffers();
+  /** Send buffers of the pages in-place epochs send whole, reused once acked (their sizes vary with cache hits). */
+  private readonly sendBuffers = new CaptureBuffers({ capacity: 'power-of-two' });
   /** Pages of in-place epochs that must go out again: marked dirty before the next incremental capture. */
   private redirty: Uint32Array[] = [];
   /** A checkpoint paused the VM and has not yet decided to resume it: no one else may resume it meanwhile. */
@@ -1042,9 +1042,7 @@ export class Primary extends EventEmitter {
     if (!this.live(core)) return { pages: [], send: NO_PAGES, dirtyPages, encoded: undefined };
     // The pages new to the cache are copied into it after the resume, from their send-buffer copies (same bytes).
     const encoded = this.deltaActive && this.deltaCache !== undefined ? this.deltaCache.encode(capture.pages, { deferRemember: true }) : undefined;
-    // The whole pages vary from epoch to epoch (cache hits and misses): buffers of a power of two bytes, so the next
-    // epoch's fits the one the last ack freed, and no buffer of the size just missed is kept beside it.
-    const { pages, send } = detachPages(encoded?.pages ?? capture.pages, this.vm.pageBytes, (bytes) => this.sendBuffers.take(2 ** Math.ceil(Math.log2(bytes)), false).subarray(0, bytes));
+    const { pages, send } = detachPages(encoded?.pages ?? capture.pages, this.vm.pageBytes, (bytes) => this.sendBuffers.take(bytes, false));
     return { pages, send, dirtyPages, encoded };
   }
 

@@ -21,6 +21,13 @@ export interface CaptureBuffersOptions {
   buffersMax?: number;
   /** Free bytes kept for reuse; default 256 MiB. */
   freeBytesMax?: number;
+  /**
+   * How a new buffer's capacity is rounded up: to the next MiB (default; for sizes that change little from one use
+   * to the next), or to the next power of two of at least a MiB (for sizes that vary widely, such as the pages an
+   * epoch sends whole: the next one then fits the buffer the last one freed, and no buffer of the size just missed
+   * is kept beside it).
+   */
+  capacity?: 'granule' | 'power-of-two';
 }
 
 /** Buffers grow in steps of this many bytes, so an epoch a little larger than the last still reuses a buffer. */
@@ -33,6 +40,7 @@ export class CaptureBuffers {
   private readonly sendOf = new WeakMap<EpochCapture | PrecopyChunk, Uint8Array>();
   private readonly buffersMax: number;
   private readonly freeBytesMax: number;
+  private readonly powerOfTwo: boolean;
   /** Buffers allocated, and taken from the free list, since creation (for tests and stats). */
   allocated = 0;
   reused = 0;
@@ -40,6 +48,10 @@ export class CaptureBuffers {
   constructor(options: CaptureBuffersOptions = {}) {
     this.buffersMax = options.buffersMax ?? 2;
     this.freeBytesMax = options.freeBytesMax ?? 256 << 20;
+    this.powerOfTwo = options.capacity === 'power-of-two';
+    if (options.capacity !== undefined && options.capacity !== 'granule' && !this.powerOfTwo) {
+      throw new KemariError('KEMARI_INVALID_ARGUMENT', "capture buffers: capacity must be 'granule' or 'power-of-two'", { details: { capacity: options.capacity } });
+    }
     if (!Number.isSafeInteger(this.buffersMax) || this.buffersMax < 0 || !Number.isSafeInteger(this.freeBytesMax) || this.freeBytesMax < 0) {
       throw new KemariError('KEMARI_INVALID_ARGUMENT', 'capture buffers: buffersMax and freeBytesMax must be non-negative integers', {
         details: { buffersMax: this.buffersMax, freeBytesMax: this.freeBytesMax },
@@ -64,7 +76,7 @@ export class CaptureBuffers {
       this.freeBytes -= buffer.byteLength;
       this.reused += 1;
     } else {
-      const capacity = Math.ceil(bytes / GRANULE_BYTES) * GRANULE_BYTES;
+      const capacity = this.powerOfTwo ? Math.max(GRANULE_BYTES, 2 ** Math.ceil(Math.log2(Math.max(1, bytes)))) : Math.ceil(bytes / GRANULE_BYTES) * GRANULE_BYTES;
       // allocUnsafeSlow: a dedicated buffer, not zero-filled (every byte handed out is written by the capture).
       buffer = shared ? new SharedArrayBuffer(capacity) : Buffer.allocUnsafeSlow(capacity).buffer;
       this.allocated += 1;

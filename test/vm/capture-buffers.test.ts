@@ -21,6 +21,18 @@ describe('CaptureBuffers', () => {
     expect(pool.reused).toBe(2);
   });
 
+  it("capacity 'power-of-two': a buffer of the next power of two (a MiB at least), so a somewhat larger need reuses it", () => {
+    const pool = new CaptureBuffers({ capacity: 'power-of-two' });
+    const a = pool.take(5 << 20, false);
+    expect(a.length).toBe(5 << 20);
+    expect(a.buffer.byteLength).toBe(8 << 20);
+    expect(pool.take(1000, false).buffer.byteLength).toBe(1 << 20);
+    pool.give(a);
+    expect(pool.take(7 << 20, false).buffer).toBe(a.buffer); // the default granule would have needed a new one
+    expect(new CaptureBuffers().take(5 << 20, false).buffer.byteLength).toBe(5 << 20);
+    expect(() => new CaptureBuffers({ capacity: 'huge' as never })).toThrow(expect.objectContaining({ code: 'KEMARI_INVALID_ARGUMENT' }));
+  });
+
   it('ignores a buffer it did not lend, or given back twice: never lends one buffer twice at once', () => {
     const pool = new CaptureBuffers();
     pool.give(new Uint8Array(4096));
