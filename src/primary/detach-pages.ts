@@ -20,18 +20,18 @@ const EMPTY: Uint8Array = new Uint8Array(0);
  */
 export function detachPages(pages: readonly Page[], pageBytes: number, allocate: SendBufferAllocator): { pages: Page[]; send: Uint8Array } {
   let rawCount = 0;
+  let rawBytes = 0;
   let source: ArrayBufferLike | undefined;
   let gatherable = true;
   for (const page of pages) {
     if (page.kind !== PageKind.RAW) continue;
     rawCount += 1;
+    rawBytes += page.data.length;
     const view = page.data;
     source ??= view.buffer;
     if (view.buffer !== source || view.byteOffset % pageBytes !== 0 || view.length !== pageBytes) gatherable = false;
   }
   if (rawCount === 0) return { pages: [...pages], send: EMPTY };
-  let rawBytes = 0;
-  for (const page of pages) if (page.kind === PageKind.RAW) rawBytes += page.data.length;
   const send = allocate(rawBytes);
   if (gatherable) {
     const indices = new Uint32Array(rawCount);

@@ -112,8 +112,8 @@ export interface PrimaryOptions {
    * from guest memory while it is paused, their deltas encoded there, and only the pages that go out whole copied;
    * the VM copies nothing. Less work for this thread (a page sent as a delta is never copied whole), and an epoch in
    * flight holds its deltas rather than its pages (less memory only when most pages go out as deltas), for a longer
-   * pause: delta encoding and the delta cache's upkeep move into it. An epoch that must go out again after a reconnect is then taken from guest memory again (its pages
-   * marked dirty), not from kept copies. Worth it when this thread, not the guest's pause, is what limits the epoch
+   * pause: delta encoding moves into it. An epoch that must go out again after a reconnect is then taken from guest
+   * memory again (its pages marked dirty), not from kept copies. Worth it when this thread, not the guest's pause, is what limits the epoch
    * rate. Ignored with a `pagesPool` (its threads encode after the VM resumes, from copies). Default false.
    */
   captureInPlace?: boolean;

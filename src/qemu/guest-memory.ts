@@ -577,7 +577,9 @@ export class GuestMemory {
       if (placement.source !== undefined) {
         // Zero as the scans found it, as copySplit goes by.
         if (this.knownZero[index] !== 1) data = placement.source.view!(within, PAGE_BYTES);
-        if (data === undefined && this.knownZero[index] !== 1) throw new KemariError('KEMARI_INVALID_ARGUMENT', `RAM block ${JSON.stringify(placement.block.name)} can no longer be viewed in place`);
+        if (data === undefined && this.knownZero[index] !== 1) {
+          throw new KemariError('KEMARI_INVALID_ARGUMENT', `RAM block ${JSON.stringify(placement.block.name)} can no longer be viewed in place`);
+        }
       } else {
         const at = placement.shadowOffsetBytes + within;
         if (ZERO_PAGE.compare(shadow, at, at + PAGE_BYTES) !== 0) data = shadow.subarray(at, at + PAGE_BYTES);

@@ -418,8 +418,9 @@ export class QemuVm implements VmAdapter {
   /**
    * Captures the epoch; the VM must be paused (else KEMARI_INVALID_ARGUMENT). Migrates the stopped VM to our socket
    * (unless the guest has not run since the last stream), returns the pages that differ from the last capture
-   * (every page when `full`) as copies (with `inPlace`, in shadow mode: views of the shadow), the device state, the disk writes logged since the last capture in order
-   * (the whole disk when `full` or `wholeDisks`), and the state digest when asked. Failures: KEMARI_QMP_ERROR,
+   * (every page when `full`) as copies (with `inPlace`: views of the shadow, or of the mapped file in fingerprints
+   * mode with the page addon), the device state, the disk writes logged since the last capture in order (the whole
+   * disk when `full` or `wholeDisks`), and the state digest when asked. Failures: KEMARI_QMP_ERROR,
    * KEMARI_MIGRATION_FORMAT, KEMARI_TIMEOUT, KEMARI_QEMU_EXITED; the pages a failed capture saw stay marked, so the
    * next capture still returns them.
    */
@@ -457,8 +458,8 @@ export class QemuVm implements VmAdapter {
 
   /**
    * Marks pages changed (see VmAdapter.markDirty): the next capture returns them, as the shadow (or the shared file)
-   * holds them then. With it a Primary may capture in place (`captureInPlace`): in shadow mode (the default) the
-   * pages are then views of the shadow, which the primary encodes or copies while the VM is stopped.
+   * holds them then. With it a Primary may capture in place (`captureInPlace`): the pages are then views of the
+   * shadow (or of the mapped file), which the primary encodes or copies while the VM is stopped.
    */
   markDirty(pageIndices: Uint32Array): void {
     this.checkOpen();
