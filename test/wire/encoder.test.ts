@@ -59,6 +59,12 @@ describe('encodeFrame', () => {
     ['short raw page', { type: FrameType.PAGES, txn: 1, seq: 1, body: { pageBytes: 4096, pages: [{ index: 0, kind: PageKind.RAW, data: new Uint8Array(10) }] } }],
     ['unsorted pages', { type: FrameType.PAGES, txn: 1, seq: 1, body: { pageBytes: 4096, pages: [raw(2), raw(1)] } }],
     ['delta as big as a page', { type: FrameType.PAGES, txn: 1, seq: 1, body: { pageBytes: 4096, pages: [{ index: 0, kind: PageKind.DELTA, data: new Uint8Array(4096) }] } }],
+    ['empty delta', { type: FrameType.PAGES, txn: 1, seq: 1, body: { pageBytes: 4096, pages: [{ index: 0, kind: PageKind.DELTA, data: new Uint8Array(0) }] } }],
+    ['negative page index', { type: FrameType.PAGES, txn: 1, seq: 1, body: { pageBytes: 4096, pages: [raw(-1)] } }],
+    ['fractional page index', { type: FrameType.PAGES, txn: 1, seq: 1, body: { pageBytes: 4096, pages: [raw(0), raw(1.5)] } }],
+    ['page index beyond 2^53-1', { type: FrameType.PAGES, txn: 1, seq: 1, body: { pageBytes: 4096, pages: [raw(2 ** 53)] } }],
+    ['page data not bytes', { type: FrameType.PAGES, txn: 1, seq: 1, body: { pageBytes: 4096, pages: [{ index: 0, kind: PageKind.RAW, data: [1, 2] as unknown as Uint8Array }] } }],
+    ['unknown page kind', { type: FrameType.PAGES, txn: 1, seq: 1, body: { pageBytes: 4096, pages: [{ index: 0, kind: 7 as PageKind, data: new Uint8Array(4096) }] } }],
     ['empty disk write', { type: FrameType.DISK, txn: 1, seq: 1, body: { diskId: 0, offset: 0, data: new Uint8Array(0) } }],
     ['channel too long', { type: FrameType.EVENT, txn: 1, seq: 1, body: { id: 1, channel: 'x'.repeat(256), payload: new Uint8Array(0) } }],
     ['digest too long', { type: FrameType.ACK, txn: 1, seq: 0, body: { stateDigest: new Uint8Array(65) } }],
@@ -67,6 +73,22 @@ describe('encodeFrame', () => {
     ['device state undefined', { type: FrameType.DEVICE, txn: 1, seq: 1, body: { name: 'cpu0', state: undefined } }],
   ])('refuses %s with KEMARI_INVALID_ARGUMENT', (_name, frame) => {
     expect(codeOf(() => encodeFrame(frame))).toBe('KEMARI_INVALID_ARGUMENT');
+  });
+
+  it('names the page and field it refuses', () => {
+    const pages = [raw(0), raw(1), { index: 2, kind: PageKind.RAW, data: new Uint8Array(10) }];
+    const field = (frame: Frame): unknown => {
+      try {
+        encodeFrame(frame);
+      } catch (error) {
+        return (error as KemariError).details?.field;
+      }
+      return undefined;
+    };
+    expect(field({ type: FrameType.PAGES, txn: 1, seq: 1, body: { pageBytes: 4096, pages } })).toBe('pages[2].data');
+    expect(field({ type: FrameType.PAGES, txn: 1, seq: 1, body: { pageBytes: 4096, pages: [raw(0), raw(-3)] } })).toBe('pages[1].index');
+    const delta = { index: 5, kind: PageKind.DELTA, data: new Uint8Array(0) };
+    expect(field({ type: FrameType.PAGES, txn: 1, seq: 1, body: { pageBytes: 4096, pages: [raw(0), delta] } })).toBe('pages[1].data.byteLength');
   });
 
   it('refuses a body over the peer limit with KEMARI_FRAME_TOO_LARGE', () => {

@@ -78,10 +78,12 @@ export function encodePages(batch: PageBatch): { parts: Uint8Array[]; flags: num
   };
   for (let i = 0; i < pages.length; i++) {
     const page = pages[i]!;
-    const index = checkU53(`pages[${i}].index`, page.index);
+    // The field names are built only for an error: a template string a page would be garbage every epoch.
+    const index = page.index;
+    if (!Number.isSafeInteger(index) || index < 0) checkU53(`pages[${i}].index`, index);
     if (index <= previousIndex) invalid(`pages[${i}].index`, 'page indices must be strictly increasing', index);
     previousIndex = index;
-    const data = checkBytes(`pages[${i}].data`, page.data);
+    const data = page.data instanceof Uint8Array ? page.data : checkBytes(`pages[${i}].data`, page.data);
     switch (page.kind) {
       case PageKind.RAW:
         if (data.byteLength !== pageBytes) invalid(`pages[${i}].data`, `RAW page must be ${pageBytes} bytes`, data.byteLength);
@@ -90,7 +92,7 @@ export function encodePages(batch: PageBatch): { parts: Uint8Array[]; flags: num
         if (data.byteLength !== 0) invalid(`pages[${i}].data`, 'ZERO page carries no data', data.byteLength);
         break;
       case PageKind.DELTA:
-        checkInteger(`pages[${i}].data.byteLength`, data.byteLength, 1, pageBytes - 1);
+        if (data.byteLength < 1 || data.byteLength > pageBytes - 1) checkInteger(`pages[${i}].data.byteLength`, data.byteLength, 1, pageBytes - 1);
         flags |= FrameFlag.PAGES_DELTA;
         break;
       default:
