@@ -75,7 +75,7 @@ interface Plan {
   batchOf: Int32Array;
   /** The batch: the page views and their slots. */
   views: Uint8Array[];
-  slots: number[];
+  slots: Int32Array;
 }
 
 /**
@@ -110,6 +110,14 @@ export class DeltaCache {
   /** Reused from epoch to epoch: the batch's deltas and lengths. */
   private scratch: Uint8Array = new Uint8Array(0);
   private lengths: Int32Array = new Int32Array(0);
+  /**
+   * Reused from epoch to epoch, so an epoch's bookkeeping is not garbage: the plan's tables (4 bytes a page each, of
+   * the largest epoch encoded, at most the guest's pages) and one window's page and base slot numbers.
+   */
+  private planBatchOf: Int32Array = new Int32Array(0);
+  private planSlots: Int32Array = new Int32Array(0);
+  private readonly windowPageIndices = new Uint32Array(DELTA_WINDOW_PAGES);
+  private readonly windowBaseIndices = new Uint32Array(DELTA_WINDOW_PAGES);
 
   constructor(
     readonly pageBytes: number,
@@ -183,7 +191,7 @@ export class DeltaCache {
     const budget = this.budgetBytes;
     this.reserve(n);
     const slab = this.slab!;
-    const bases = plan.slots.map((slot) => slab.subarray(slot * this.pageBytes, (slot + 1) * this.pageBytes));
+    const bases = Array.from(plan.slots, (slot) => slab.subarray(slot * this.pageBytes, (slot + 1) * this.pageBytes));
     const out = this.scratch.subarray(0, n * budget);
     const lengths = this.lengths.subarray(0, n);
     try {
@@ -214,11 +222,17 @@ export class DeltaCache {
 
   /** Sorts the epoch's pages: those with a copy here go to the batch (and are marked recently sent). */
   private plan(pages: readonly Page[]): Plan {
-    const batchOf = new Int32Array(pages.length).fill(-1);
-    const views: Uint8Array[] = [];
-    const slots: number[] = [];
-    for (let i = 0; i < pages.length; i++) {
+    const n = pages.length;
+    if (this.planBatchOf.length < n) {
+      this.planBatchOf = new Int32Array(n);
+      this.planSlots = new Int32Array(n);
+    }
+    const batchOf = this.planBatchOf.subarray(0, n);
+    const slots = this.planSlots;
+    let count = 0;
+    for (let i = 0; i < n; i++) {
       const page = pages[i]!;
+      batchOf[i] = -1;
       if (page.kind !== PageKind.RAW) {
         this.forget(page.index);
         continue;
@@ -226,11 +240,15 @@ export class DeltaCache {
       const slot = page.index < this.slotOf.length ? this.slotOf[page.index]! : NO_SLOT;
       if (slot === NO_SLOT) continue;
       this.referenced![slot] = 1;
-      batchOf[i] = views.length;
-      views.push(page.data);
-      slots.push(slot);
+      batchOf[i] = count;
+      slots[count++] = slot;
     }
-    return { batchOf, views, slots };
+    const views = new Array<Uint8Array>(count);
+    for (let i = 0; i < n; i++) {
+      const k = batchOf[i]!;
+      if (k >= 0) views[k] = pages[i]!.data;
+    }
+    return { batchOf, views, slots: slots.subarray(0, count) };
   }
 
   /**
@@ -247,8 +265,8 @@ export class DeltaCache {
     this.reserve(windowPages, n);
     const slab = this.slab!;
     const lengths = this.lengths.subarray(0, n);
-    const pageIndices = new Uint32Array(windowPages);
-    const baseIndices = new Uint32Array(windowPages);
+    const pageIndices = this.windowPageIndices;
+    const baseIndices = this.windowBaseIndices;
     const deltas: Uint8Array[] = [];
     for (let from = 0; from < n; from += DELTA_WINDOW_PAGES) {
       const end = Math.min(n, from + DELTA_WINDOW_PAGES);
