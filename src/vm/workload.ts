@@ -79,6 +79,13 @@ export class Workload {
   private readonly zeroPage: Uint8Array;
   private readonly diskScratch: Uint8Array;
   private readonly counterBytes = new Uint8Array(WORKLOAD_COUNTER_BYTES);
+  private readonly counterView = new DataView(this.counterBytes.buffer);
+  /**
+   * The pages chosen in the current step, as marks (one byte a guest page, cleared at the end of each step) and as a
+   * list: a step allocates nothing, so the workload does not feed the garbage collector of the process it runs in.
+   */
+  private readonly chosenMarks: Uint8Array;
+  private readonly chosenList: Uint32Array;
   private counterValue: number;
   private stepCount = 0;
   private outputCount = 0;
@@ -109,6 +116,8 @@ export class Workload {
     this.pageScratch = new Uint8Array(this.bytesPerPageWrite);
     this.zeroPage = new Uint8Array(vm.pageBytes);
     this.diskScratch = new Uint8Array(this.diskWriteBytes);
+    this.chosenMarks = new Uint8Array(this.pagesPerStep > 0 ? vm.pageCount : 0);
+    this.chosenList = new Uint32Array(this.pagesPerStep);
     const counter = vm.read(WORKLOAD_COUNTER_OFFSET, WORKLOAD_COUNTER_BYTES);
     const view = new DataView(counter.buffer, counter.byteOffset, counter.byteLength);
     this.counterValue = view.getUint32(0, true) + view.getUint32(4, true) * 0x1_0000_0000;
@@ -155,25 +164,32 @@ export class Workload {
     vm.tick();
 
     const counter = this.counterValue + 1;
-    const view = new DataView(this.counterBytes.buffer);
+    const view = this.counterView;
     view.setUint32(0, counter >>> 0, true);
     view.setUint32(4, Math.floor(counter / 0x1_0000_0000), true);
     vm.write(WORKLOAD_COUNTER_OFFSET, this.counterBytes);
     this.counterValue = counter;
 
-    const chosen = new Set<number>();
+    const marks = this.chosenMarks;
+    const list = this.chosenList;
     const pageBytes = vm.pageBytes;
-    while (chosen.size < this.pagesPerStep) {
-      // Redraw duplicates the same way (keeping the hot-set bias); a full hot set falls back to anywhere.
-      let page = this.pickPage();
-      for (let tries = 1; chosen.has(page); tries++) page = tries < 16 ? this.pickPage() : 1 + prng.nextInt(vm.pageCount - 1);
-      chosen.add(page);
-      if (this.zeroWritesFraction > 0 && prng.nextFloat() < this.zeroWritesFraction) {
-        vm.write(page * pageBytes, this.zeroPage);
-        continue;
+    let chosen = 0;
+    try {
+      while (chosen < this.pagesPerStep) {
+        // Redraw duplicates the same way (keeping the hot-set bias); a full hot set falls back to anywhere.
+        let page = this.pickPage();
+        for (let tries = 1; marks[page] === 1; tries++) page = tries < 16 ? this.pickPage() : 1 + prng.nextInt(vm.pageCount - 1);
+        marks[page] = 1;
+        list[chosen++] = page;
+        if (this.zeroWritesFraction > 0 && prng.nextFloat() < this.zeroWritesFraction) {
+          vm.write(page * pageBytes, this.zeroPage);
+          continue;
+        }
+        const at = prng.nextInt(pageBytes - this.bytesPerPageWrite + 1);
+        vm.write(page * pageBytes + at, prng.fill(this.pageScratch));
       }
-      const at = prng.nextInt(pageBytes - this.bytesPerPageWrite + 1);
-      vm.write(page * pageBytes + at, prng.fill(this.pageScratch));
+    } finally {
+      for (let k = 0; k < chosen; k++) marks[list[k]!] = 0;
     }
 
     const disks = vm.disks;
