@@ -9,9 +9,11 @@
  *   shadow        scanChangedPages against a shadow copy: a second guest;
  *   fingerprints+gc  fingerprints again, with a full garbage collection after every epoch: a diagnostic row that
  *                 separates memory the primary keeps from per-epoch garbage not yet collected.
- *   fingerprints+semi1  fingerprints again, in a process run with --max-semi-space-size=1: a diagnostic row for V8's
- *                 young generation, which grows to tens of MiB in any busy Node.js process whatever the guest's
- *                 size (a per-process constant, not a fraction of the guest; an application may cap it so).
+ *   fingerprints+semi4  fingerprints again, in a process run with --max-semi-space-size=4: a diagnostic row for V8's
+ *                 young generation, which grows to 2 x 16 MiB semi-spaces in any busy Node.js 20 process whatever
+ *                 the guest's size (a per-process constant, not a fraction of the guest). 4 MiB is the cap a host
+ *                 short of memory may set: 1 MiB saved little more and cost a quarter of the epochs per second, 4 MiB
+ *                 about a tenth (paired runs of bench:epochs' delta configuration).
  *   fingerprints+inplace  fingerprints again, with the primary's captureInPlace: an epoch in flight holds its deltas
  *                 and the pages sent whole, not a copy of every dirty page (and the pause does the delta encoding).
  *
@@ -61,7 +63,7 @@ const TXN_BYTES_MAX = MEMORY_BYTES + (64 << 20);
 const MIB = 1 << 20;
 
 /** The three ways to find changed pages, and fingerprints again with a full GC after every epoch (diagnostic). */
-type Mode = 'bitmap' | 'fingerprints' | 'shadow' | 'fingerprints+gc' | 'fingerprints+semi1' | 'fingerprints+inplace';
+type Mode = 'bitmap' | 'fingerprints' | 'shadow' | 'fingerprints+gc' | 'fingerprints+semi4' | 'fingerprints+inplace';
 
 /** Resident and peak resident bytes of this process (Linux). */
 function memoryStatus(): { rss: number; hwm: number } {
@@ -356,8 +358,8 @@ async function main(): Promise<void> {
       `${DIRTY_PAGES} pages (1%) dirty per epoch, ${EPOCHS} epochs measured; pages ${pagesImplementation()}; node ${process.version}; load average ${loadavg()[0]!.toFixed(2)}`,
   );
   const results: Array<{ primary: PrimaryFigures; secondary: SecondaryFigures }> = [];
-  for (const mode of ['bitmap', 'fingerprints', 'shadow', 'fingerprints+gc', 'fingerprints+semi1', 'fingerprints+inplace'] as const) {
-    const child = forkSelf(['primary', mode, ...(quick ? ['--quick'] : [])], mode === 'fingerprints+semi1' ? ['--max-semi-space-size=1'] : []);
+  for (const mode of ['bitmap', 'fingerprints', 'shadow', 'fingerprints+gc', 'fingerprints+semi4', 'fingerprints+inplace'] as const) {
+    const child = forkSelf(['primary', mode, ...(quick ? ['--quick'] : [])], mode === 'fingerprints+semi4' ? ['--max-semi-space-size=4'] : []);
     results.push(await nextMessage(child));
     child.disconnect();
   }
@@ -396,18 +398,18 @@ async function main(): Promise<void> {
       `the table itself is ${pct(fingerprints.referenceBytes)}, ${FINGERPRINT_BYTES} bytes a page, plus 5 bytes a page of scan output; ` +
       `the epoch in flight (its send buffer, reused from epoch to epoch) ${pct(DIRTY_PAGES * PAGE_BYTES)}; ` +
       `fingerprints add ${pct(beyond - beyondCache('bitmap'))} to the bitmap mode; with a GC after every epoch ${pct(beyondCache('fingerprints+gc'))}; ` +
-      `with V8's young generation capped at 1 MiB semi-spaces ${pct(beyondCache('fingerprints+semi1'))}, so the young generation accounts for ${mib(beyond - beyondCache('fingerprints+semi1'))} MiB; ` +
+      `with V8's young generation capped at 4 MiB semi-spaces ${pct(beyondCache('fingerprints+semi4'))}, so the young generation accounts for ${mib(beyond - beyondCache('fingerprints+semi4'))} MiB; ` +
       `with captureInPlace ${pct(beyondCache('fingerprints+inplace'))})`,
   );
   // The same peak in parts: what grows with the guest, what grows with the epoch, and V8's young generation, which
   // grows with the process's allocation whatever the guest's size (up to 2 x 16 MiB semi-spaces on Node 20): its
   // share is what capping it saved, measured (V8's own committed figure counts pages never touched).
-  const young = beyond - beyondCache('fingerprints+semi1');
+  const young = beyond - beyondCache('fingerprints+semi4');
   const perGuest = fingerprints.referenceBytes + 5 * PAGE_COUNT + 4 * PAGE_COUNT; // table, scan output, delta index
   const perEpoch = DIRTY_PAGES * PAGE_BYTES;
   console.log(
     `  fingerprints, in parts: per guest page (table, scan output, delta cache index) ${pct(perGuest)}; per epoch (the send buffer of 1% dirty) ${pct(perEpoch)}; ` +
-      `V8's young generation (what capping it saved) ${pct(young)}; the rest (delta scratch, V8's old generation and code, the allocator's free memory) ` +
+      `V8's young generation (what capping it at 4 MiB semi-spaces saved) ${pct(young)}; the rest (delta scratch, V8's old generation and code, the allocator's free memory) ` +
       `${pct(beyond - perGuest - perEpoch - young)}`,
   );
   console.log(`secondary (txnBytesMax ${mib(TXN_BYTES_MAX)} MiB, default staging = min(txnBytesMax, guest + disks + 2 MiB) = ${mib(Math.min(TXN_BYTES_MAX, MEMORY_BYTES + 2 * MIB))} MiB):`);
