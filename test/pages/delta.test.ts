@@ -16,7 +16,8 @@ const pageChange = fc.oneof(
 /** An old page and a new one made from it by random byte, word and run changes (or none). */
 const pagePair = fc
   .record({
-    pageBytes: fc.oneof(fc.integer({ min: 1, max: 600 }), fc.constantFrom(4096, 8192)),
+    // 65536 is the largest page the addon encodes from a bit mask (x86-64), 131072 takes its byte-by-byte encoder.
+    pageBytes: fc.oneof(fc.integer({ min: 1, max: 600 }), fc.constantFrom(4096, 8192, 65536, 131072)),
     seed: fc.uint8Array({ minLength: 1, maxLength: 64 }),
     changes: fc.array(pageChange, { maxLength: 40 }),
   })
