@@ -64,6 +64,11 @@ interface EpochFigures {
   fullSyncMs: number;
   /** Milliseconds of guest work (Workload.step) per measured epoch: it runs on the primary's thread here. */
   guestMsPerEpoch: number;
+  /**
+   * CPU milliseconds the primary's process used per measured epoch (user + system, all its threads, the guest's
+   * work included): the cost of an epoch, which the loopback's drift moves much less than the rate.
+   */
+  cpuMsPerEpoch: number;
 }
 
 type Config = 'none' | 'delta' | 'delta-in-place';
@@ -187,6 +192,7 @@ async function runPrimary(config: Config, linkBytesPerSecond: number): Promise<v
   const epochsBefore = epochs;
   const guestMsBefore = guestMs;
   const start = performance.now();
+  const cpuBefore = process.cpuUsage();
   const collect = (c: PrimaryCommit): void => {
     pauses.push(c.pauseMs);
     latencies.push(c.latencyMs);
@@ -195,6 +201,7 @@ async function runPrimary(config: Config, linkBytesPerSecond: number): Promise<v
   await new Promise((r) => setTimeout(r, MEASURE_MS));
   commits.delete(collect);
   const seconds = (performance.now() - start) / 1000;
+  const cpu = process.cpuUsage(cpuBefore);
   const after = primary.stats();
   const measured = epochs - epochsBefore;
   primary.removeAllListeners('capture');
@@ -210,6 +217,7 @@ async function runPrimary(config: Config, linkBytesPerSecond: number): Promise<v
     latencyP50Ms: percentile(latencies, 50),
     fullSyncMs,
     guestMsPerEpoch: (guestMs - guestMsBefore) / Math.max(1, measured),
+    cpuMsPerEpoch: (cpu.user + cpu.system) / 1000 / Math.max(1, measured),
   };
   send(figures);
   primary.close();
@@ -262,6 +270,7 @@ function pool(x: EpochFigures & { label: string }, y: EpochFigures & { label: st
     latencyP50Ms: mean(x.latencyP50Ms, y.latencyP50Ms),
     fullSyncMs: mean(x.fullSyncMs, y.fullSyncMs),
     guestMsPerEpoch: mean(x.guestMsPerEpoch, y.guestMsPerEpoch),
+    cpuMsPerEpoch: mean(x.cpuMsPerEpoch, y.cpuMsPerEpoch),
   };
 }
 
@@ -309,7 +318,7 @@ async function main(): Promise<void> {
   );
   console.log(
     `${'configuration'.padEnd(26)} ${'pages'.padEnd(6)} ${'epochs/s'.padStart(9)} ${'KiB/epoch'.padStart(10)} ${'delta %'.padStart(8)} ` +
-      `${'pause p50'.padStart(10)} ${'commit p50'.padStart(11)} ${'guest/epoch'.padStart(12)} ${'net-bound epochs/s'.padStart(19)} ${'% of it'.padStart(8)}`,
+      `${'pause p50'.padStart(10)} ${'commit p50'.padStart(11)} ${'guest/epoch'.padStart(12)} ${'CPU/epoch'.padStart(10)} ${'net-bound epochs/s'.padStart(19)} ${'% of it'.padStart(8)}`,
   );
   for (const r of rows) {
     const rate = r.epochs / r.seconds;
@@ -318,7 +327,7 @@ async function main(): Promise<void> {
     console.log(
       `${r.label.padEnd(26)} ${r.implementation.padEnd(6)} ${rate.toFixed(0).padStart(9)} ${(perEpoch / 1024).toFixed(1).padStart(10)} ` +
         `${((100 * r.deltaPages) / Math.max(1, r.pages)).toFixed(1).padStart(8)} ${(r.pauseP50Ms.toFixed(2) + ' ms').padStart(10)} ` +
-        `${(r.latencyP50Ms.toFixed(2) + ' ms').padStart(11)} ${(r.guestMsPerEpoch.toFixed(2) + ' ms').padStart(12)} ${bound.toFixed(0).padStart(19)} ${((100 * rate) / bound).toFixed(1).padStart(8)}`,
+        `${(r.latencyP50Ms.toFixed(2) + ' ms').padStart(11)} ${(r.guestMsPerEpoch.toFixed(2) + ' ms').padStart(12)} ${(r.cpuMsPerEpoch.toFixed(2) + ' ms').padStart(10)} ${bound.toFixed(0).padStart(19)} ${((100 * rate) / bound).toFixed(1).padStart(8)}`,
     );
   }
   const [a, b, c, d, e] = rows.map((r) => r.epochs / r.seconds) as [number, number, number, number, number];
@@ -331,6 +340,12 @@ async function main(): Promise<void> {
   console.log(
     `ratios: epochs/s (c)/(a) ${ratio.toFixed(2)}x, (c)/(b) ${(c / b).toFixed(2)}x, (b)/(a) ${(b / a).toFixed(2)}x, (d)/(a) ${(d / a).toFixed(2)}x, (c)/(d) ${(c / d).toFixed(2)}x, (e)/(c) ${(e / c).toFixed(2)}x, (e)/(a) ${(e / a).toFixed(2)}x; ` +
       `bytes/epoch (a)/(c) ${(bytes[0] / bytes[2]).toFixed(1)}x smaller with deltas`,
+  );
+  // The primary's CPU per epoch less the guest's own work: what kemari costs the primary host, epoch by epoch.
+  const kemariMs = rows.map((r) => r.cpuMsPerEpoch - r.guestMsPerEpoch);
+  console.log(
+    `primary CPU per epoch less the guest's work: (a) ${kemariMs[0]!.toFixed(2)} ms, (b) ${kemariMs[1]!.toFixed(2)} ms, (c) ${kemariMs[2]!.toFixed(2)} ms, ` +
+      `(d) ${kemariMs[3]!.toFixed(2)} ms, (e) ${kemariMs[4]!.toFixed(2)} ms; (a)/(c) ${(kemariMs[0]! / kemariMs[2]!).toFixed(2)}x, (a)/(e) ${(kemariMs[0]! / kemariMs[4]!).toFixed(2)}x`,
   );
   const share = (i: number): number => (100 * rows[i]!.epochs) / rows[i]!.seconds / (rawBytesPerSecond / bytes[i]!);
   console.log(
