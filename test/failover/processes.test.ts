@@ -69,9 +69,11 @@ describe('real processes', () => {
     const promotedAtMs = Date.now();
     expect(promotion.lease?.generation).toBe(2);
     child.kill('SIGCONT');
-    const deadline = Date.now() + 5000;
+    // Generous: on a loaded host the woken primary's lease renewal may time out a few times before the witness
+    // answers that the lease is superseded. A failure lists what the primary reported.
+    const deadline = Date.now() + 20_000;
     while (!messages.some((m) => m.type === 'quiesced') && Date.now() < deadline) await sleep(20);
-    expect(messages.some((m) => m.type === 'quiesced')).toBe(true);
+    expect(messages.map((m) => m.type)).toContain('quiesced');
     const late = messages.filter((m) => m.type === 'release' && m.atMs! >= promotedAtMs);
     expect(late).toEqual([]);
   });
