@@ -16,7 +16,7 @@
  * The issue's goal compares (c) with (a): "with and without the addon and delta frames".
  *
  * Printed per configuration: epochs per second, wire bytes per epoch, pages sent as deltas, checkpoint pause,
- * commit latency and the guest's own work per epoch (the Workload runs on the primary's thread here, where a real
+ * commit latency, the primary process's CPU per epoch and the guest's own work per epoch (the Workload runs on the primary's thread here, where a real
  * guest has its own vCPU); beside it, the physical limit measured in the same run: the epochs per second raw
  * node:net loopback throughput would carry at that many bytes per epoch. Then the ratios, against the issue's goal
  * of >= 2x epochs per second from addon + delta combined, (c) over (a), and a projection (labelled, not measured)
@@ -333,7 +333,11 @@ async function main(): Promise<void> {
   const [a, b, c, d, e] = rows.map((r) => r.epochs / r.seconds) as [number, number, number, number, number];
   // Each round's (a) and (c) ran a minute apart: their ratio per round shows how much the host's loopback moved.
   const rateOf = (r: EpochFigures): number => r.epochs / r.seconds;
-  const perRound = [0, CONFIGS].map((i) => `${(rateOf(runs[i + 2]!) / rateOf(runs[i]!)).toFixed(2)}x ((a) ${rateOf(runs[i]!).toFixed(0)}, (c) ${rateOf(runs[i + 2]!).toFixed(0)})`);
+  const perRound = [0, CONFIGS].map(
+    (i) =>
+      `${(rateOf(runs[i + 2]!) / rateOf(runs[i]!)).toFixed(2)}x ((a) ${rateOf(runs[i]!).toFixed(0)}, (c) ${rateOf(runs[i + 2]!).toFixed(0)}; ` +
+      `CPU per epoch (a) ${runs[i]!.cpuMsPerEpoch.toFixed(2)} ms, (c) ${runs[i + 2]!.cpuMsPerEpoch.toFixed(2)} ms)`,
+  );
   console.log(`per round, (c)/(a): ${perRound.join('; ')}`);
   const bytes = rows.map((r) => r.bytes / Math.max(1, r.epochs)) as [number, number, number, number, number];
   const ratio = c / a;

@@ -13,7 +13,7 @@
  *                 young generation, which grows to 2 x 16 MiB semi-spaces in any busy Node.js 20 process whatever
  *                 the guest's size (a per-process constant, not a fraction of the guest). 4 MiB is the cap a host
  *                 short of memory may set: 1 MiB saved little more and cost a quarter of the epochs per second, 4 MiB
- *                 about a tenth (paired runs of bench:epochs' delta configuration).
+ *                 about a tenth (paired runs of bench:epochs' delta configuration, run by hand with NODE_OPTIONS).
  *   fingerprints+inplace  fingerprints again, with the primary's captureInPlace: an epoch in flight holds its deltas
  *                 and the pages sent whole, not a copy of every dirty page (and the pause does the delta encoding).
  *
@@ -398,7 +398,7 @@ async function main(): Promise<void> {
       `the table itself is ${pct(fingerprints.referenceBytes)}, ${FINGERPRINT_BYTES} bytes a page, plus 5 bytes a page of scan output; ` +
       `the epoch in flight (its send buffer, reused from epoch to epoch) ${pct(DIRTY_PAGES * PAGE_BYTES)}; ` +
       `fingerprints add ${pct(beyond - beyondCache('bitmap'))} to the bitmap mode; with a GC after every epoch ${pct(beyondCache('fingerprints+gc'))}; ` +
-      `with V8's young generation capped at 4 MiB semi-spaces ${pct(beyondCache('fingerprints+semi4'))}, so the young generation accounts for ${mib(beyond - beyondCache('fingerprints+semi4'))} MiB; ` +
+      `with V8's young generation capped at 4 MiB semi-spaces ${pct(beyondCache('fingerprints+semi4'))}, so capping the young generation saved ${mib(beyond - beyondCache('fingerprints+semi4'))} MiB (a capped one, up to 2 x 4 MiB, remains); ` +
       `with captureInPlace ${pct(beyondCache('fingerprints+inplace'))})`,
   );
   // The same peak in parts: what grows with the guest, what grows with the epoch, and V8's young generation, which

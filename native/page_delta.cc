@@ -124,8 +124,9 @@ int64_t Walk(const uint8_t* delta, size_t delta_bytes, size_t page_bytes, uint8_
 namespace {
 
 // The byte-by-byte encoder (pages the mask encoder does not take, and machines without SSE2). EncodeDelta, and when
-// `update` is not null, each run's new bytes copied to update[start, end) as soon as the run is written: a page with a few changed words dirties a few cache lines of its base instead of all of them (the base
-// is cold; a whole-page copy costs a write-back of 4 KiB). Later runs only read at and after the end of earlier
+// `update` is not null, each run's new bytes copied to update[start, end) as soon as the run is written: a page with
+// a few changed words dirties a few cache lines of its base instead of all of them (the base is cold; a whole-page
+// copy costs a write-back of 4 KiB). Later runs only read at and after the end of earlier
 // ones, and the copies are named by the encoder's own positions (never read back from `out`), so every write stays
 // within update[0, page_bytes) whatever the buffers alias. On -1 some runs may have been copied: the caller copies
 // the whole page then.
@@ -192,7 +193,10 @@ inline void BuildDiffMask(const uint8_t* a, const uint8_t* b, size_t words, uint
 // next differing byte and ends at the first byte from which three bytes are equal, bytes past the page counting as
 // equal: exactly the scalar rule (a gap of fewer than three equal bytes followed by a differing byte is carried, the
 // page end ends a run). The runs are found from the mask taken before any of them is written, and the bytes each run
-// carries are read when it is written, at and after the end of the runs before it, as in the scalar encoder.
+// carries are read when it is written, at and after the end of the runs before it, as in the scalar encoder: the
+// same output whenever `update` is null, `old_page` itself, or disjoint from both pages (the batch's cases). A base
+// that partly overlaps its page, which only the raw binding would pass (the TypeScript wrapper refuses it), can give
+// other bytes than the scalar encoder's, both meaningless; every write stays within out and update[0, page_bytes).
 int64_t EncodeDeltaMask(const uint8_t* old_page, const uint8_t* new_page, size_t page_bytes, uint8_t* out,
                         size_t budget_bytes, uint8_t* update) {
   const size_t n = page_bytes;
