@@ -123,6 +123,23 @@ int64_t Walk(const uint8_t* delta, size_t delta_bytes, size_t page_bytes, uint8_
 
 namespace {
 
+// Writes the run [start, end) after a skip from `pos` at out + *o, and copies its new bytes to `update` when not
+// null; false (nothing written) when the delta would reach `budget_bytes`. Both encoders write their runs here.
+inline bool WriteRun(const uint8_t* old_page, const uint8_t* new_page, size_t pos, size_t start, size_t end, uint8_t* out,
+                     size_t budget_bytes, uint8_t* update, size_t* o) {
+  const size_t skip = start - pos;
+  const size_t length = end - start;
+  const size_t need = VarintBytes(skip) + VarintBytes(length) + length;
+  if (need >= budget_bytes - *o) return false;  // *o < budget_bytes always holds here
+  *o += PutVarint(out + *o, skip);
+  *o += PutVarint(out + *o, length);
+  XorBytes(out + *o, old_page + start, new_page + start, length);
+  // memmove, not memcpy: the binding does not refuse a base overlapping its page (the TypeScript wrapper does).
+  if (update != nullptr) std::memmove(update + start, new_page + start, length);
+  *o += length;
+  return true;
+}
+
 // The byte-by-byte encoder (pages the mask encoder does not take, and machines without SSE2). EncodeDelta, and when
 // `update` is not null, each run's new bytes copied to update[start, end) as soon as the run is written: a page with
 // a few changed words dirties a few cache lines of its base instead of all of them (the base is cold; a whole-page
@@ -154,16 +171,7 @@ int64_t EncodeDeltaScalar(const uint8_t* old_page, const uint8_t* new_page, size
       if (gap >= kDeltaGapBytesMin || end + gap == n) break;
       end += gap;
     }
-    const size_t skip = start - pos;
-    const size_t length = end - start;
-    const size_t need = VarintBytes(skip) + VarintBytes(length) + length;
-    if (need >= budget_bytes - o) return -1;  // o < budget_bytes always holds here
-    o += PutVarint(out + o, skip);
-    o += PutVarint(out + o, length);
-    XorBytes(out + o, old_page + start, new_page + start, length);
-    // memmove, not memcpy: the binding does not refuse a base overlapping its page (the TypeScript wrapper does).
-    if (update != nullptr) std::memmove(update + start, new_page + start, length);
-    o += length;
+    if (!WriteRun(old_page, new_page, pos, start, end, out, budget_bytes, update, &o)) return -1;
     pos = end;
   }
   if (o >= budget_bytes) return -1;
@@ -223,16 +231,7 @@ int64_t EncodeDeltaMask(const uint8_t* old_page, const uint8_t* new_page, size_t
     while (m == 0) m = three_equal(++w);
     size_t end = (w << 6) + static_cast<size_t>(__builtin_ctzll(m));
     if (end > n) end = n;
-    const size_t skip = start - pos;
-    const size_t length = end - start;
-    const size_t need = VarintBytes(skip) + VarintBytes(length) + length;
-    if (need >= budget_bytes - o) return -1;  // o < budget_bytes always holds here
-    o += PutVarint(out + o, skip);
-    o += PutVarint(out + o, length);
-    XorBytes(out + o, old_page + start, new_page + start, length);
-    // memmove, not memcpy: the binding does not refuse a base overlapping its page (the TypeScript wrapper does).
-    if (update != nullptr) std::memmove(update + start, new_page + start, length);
-    o += length;
+    if (!WriteRun(old_page, new_page, pos, start, end, out, budget_bytes, update, &o)) return -1;
     pos = end;
   }
   if (o >= budget_bytes) return -1;
