@@ -90,6 +90,64 @@ describe('migration stream writer and parser (synthetic streams)', () => {
     }
   });
 
+  it('reads runs of page records in place with the same records, errors and error offsets as field by field', () => {
+    // Two blocks, mostly zero pages (9-byte fill records: dense record headers), some data pages, so runs of
+    // CONTINUE records alternate with records naming their block. Fed whole, the parser reads those runs in place;
+    // fed 7 bytes at a time no record is whole in one chunk, so every field goes through the state machine.
+    const ram = new Uint8Array(96 * 4096);
+    for (const page of [3, 4, 40, 77, 95]) ram.fill(page, page * 4096, page * 4096 + 4096);
+    const rom = new Uint8Array(4 * 4096).fill(9, 4096, 8192);
+    const spec = syntheticSpec({
+      blocks: [
+        { name: 'pc.ram', lengthBytes: ram.byteLength },
+        { name: 'pc.bios', lengthBytes: rom.byteLength },
+      ],
+      pages: [...[...imagePages('pc.ram', ram)].slice(0, 50), ...imagePages('pc.bios', rom), ...[...imagePages('pc.ram', ram)].slice(50)],
+    });
+    const stream = Buffer.from(migrationStreamBytes(spec));
+    const outcome = (bytes: Uint8Array, chunkBytes: number): unknown => {
+      try {
+        return summarize(parseStream(bytes, chunkBytes));
+      } catch (error) {
+        if (!(error instanceof KemariError)) throw error;
+        return { code: error.code, message: error.message, details: error.details };
+      }
+    };
+    expect(outcome(stream, Number.POSITIVE_INFINITY)).toEqual(outcome(stream, 7));
+    const ramStart = indexOfBytes(stream, [...Buffer.from('pc.bios', 'latin1')]) + 7 + 8;
+    const deviceStart = stream.byteLength - 5 - spec.vmdesc!.byteLength - 1 - spec.device.byteLength;
+    // Where each page record starts (the offset after the record before it), so most flips hit record headers.
+    const headers: number[] = [];
+    const byteParser = new MigrationStreamParser();
+    let previousEnd = 0;
+    for (let at = 0; at < stream.byteLength; at++) {
+      for (const record of byteParser.push(stream.subarray(at, at + 1))) {
+        if (record.type === 'page' || record.type === 'fill-page') headers.push(previousEnd);
+        previousEnd = at + 1;
+      }
+    }
+    expect(headers.length).toBe(100);
+    const random = prng(31);
+    let rejected = 0;
+    for (let i = 0; i < 400; i++) {
+      const copy = Buffer.from(stream);
+      const flips = 1 + Math.floor(random() * 2);
+      for (let f = 0; f < flips; f++) {
+        const at = i % 4 === 0 ? ramStart + Math.floor(random() * (deviceStart - ramStart)) : headers[Math.floor(random() * headers.length)]! + Math.floor(random() * 9);
+        copy[at] = Math.floor(random() * 256);
+      }
+      const whole = outcome(copy, Number.POSITIVE_INFINITY);
+      expect(whole, `corruption ${i}`).toEqual(outcome(copy, 7));
+      if (!Array.isArray(whole)) rejected += 1;
+    }
+    expect(rejected).toBeGreaterThan(150);
+    // Cut anywhere in the RAM records: the same truncation error, at the same offset.
+    for (let cut = ramStart; cut < deviceStart; cut += 1 + Math.floor(random() * 40)) {
+      const part = stream.subarray(0, cut);
+      expect(outcome(part, Number.POSITIVE_INFINITY), `truncated at ${cut}`).toEqual(outcome(part, 7));
+    }
+  });
+
   it('rebuilds the memory the stream describes, later records overwriting earlier ones', () => {
     const spec = syntheticSpec();
     const image = new RamImage(spec.blocks);

@@ -93,6 +93,24 @@ export class ByteQueue {
     return ((this.readU8() << 24) >>> 0) + (this.readU8() << 16) + (this.readU8() << 8) + this.readU8();
   }
 
+  /**
+   * The chunk holding the read position (undefined when empty), for a caller that reads many small records in place:
+   * its unread bytes start at {@link headOffset}; consume what was read with {@link skip}.
+   */
+  get headChunk(): Uint8Array | undefined {
+    return this.first < this.chunks.length ? this.chunks[this.first] : undefined;
+  }
+
+  /** The read position inside {@link headChunk}. */
+  get headOffset(): number {
+    return this.head;
+  }
+
+  /** Consumes `n` bytes already read in place (the caller checked `length >= n`). */
+  skip(n: number): void {
+    this.advance(n);
+  }
+
   /** Consumes everything buffered, as views in order. */
   drain(): Uint8Array[] {
     const out: Uint8Array[] = [];
