@@ -7,8 +7,9 @@
  * QEMU's migration finished and our socket closed, so the next checkpoint starts clean. The listener stays open for
  * the life of the VM, so a checkpoint costs no socket setup.
  *
- * The caller sees page records one at a time (`onPage`, with views into the received chunks: copy what you keep)
- * and gets the rest of the stream (configuration, block list, RAM section ids, device blob) at the end.
+ * The caller sees page records one at a time (`onPage`, a reused record with views into the received chunks: copy
+ * what you keep) and gets the rest of the stream (configuration, block list, RAM section ids, device blob) at the
+ * end.
  */
 import { rmSync } from 'node:fs';
 import net from 'node:net';
@@ -16,7 +17,7 @@ import { isAbsolute } from 'node:path';
 import { KemariError, isKemariError } from '../errors.js';
 import type { QmpClient } from './qmp-client.js';
 import { MigrationStreamParser } from './migration/stream-parser.js';
-import type { ConfigurationRecord, RamBlockInfo, RamPage } from './migration/records.js';
+import type { ConfigurationRecord, MigrationRecord, RamBlockInfo, RamPage } from './migration/records.js';
 import type { QemuRamSectionIds } from './qemu-device-state.js';
 import { watchMigrationEnd } from './migration-end.js';
 
@@ -44,7 +45,10 @@ export interface ReceivedStream {
 export interface ReceiveOptions {
   /** Sees the RAM block list as soon as it arrived, before any page; throw to refuse the stream. */
   onBlocks?: (blocks: RamBlockInfo[]) => void;
-  /** Sees every page record in stream order; `data` are views of the received chunk, valid during the call. */
+  /**
+   * Sees every page record in stream order, valid during the call only: `data` views the received chunk, and the
+   * record object is reused for the next page.
+   */
   onPage: (page: RamPage) => void;
   /** Whether `x-ignore-shared` is on (the parser must know). */
   xIgnoreShared: boolean;
@@ -98,7 +102,6 @@ export class MigrationReceiver {
     if (this.closed) throw new KemariError('KEMARI_CLOSED', 'the migration receiver is closed');
     if (this.waiting !== undefined) throw new KemariError('KEMARI_INVALID_ARGUMENT', 'a checkpoint migration is already running');
     const timeoutMs = options.timeoutMs ?? MIGRATION_TIMEOUT_MS_DEFAULT;
-    const parser = new MigrationStreamParser({ xIgnoreShared: options.xIgnoreShared, keepVmdesc: false });
     const watch = watchMigrationEnd(qmp);
     const finished = watch.promise;
     let socket: net.Socket | undefined;
@@ -116,32 +119,33 @@ export class MigrationReceiver {
     let streamBytes = 0;
     let pageRecords = 0;
     let failure: KemariError | undefined;
-    const take = (records: ReturnType<MigrationStreamParser['push']>): void => {
-      for (const record of records) {
-        switch (record.type) {
-          case 'page':
-          case 'fill-page':
-            pageRecords += 1;
-            options.onPage(record);
-            break;
-          case 'configuration':
-            configuration = record;
-            break;
-          case 'ram-blocks':
-            blocks = record.blocks;
-            options.onBlocks?.(record.blocks);
-            break;
-          case 'ram-section':
-            if (record.kind === 'start') ramSection = { sectionId: record.sectionId, instanceId: record.instanceId, versionId: record.versionId };
-            break;
-          case 'device':
-            device = Uint8Array.from(record.data);
-            break;
-          default:
-            break;
-        }
+    const take = (record: MigrationRecord): void => {
+      switch (record.type) {
+        case 'page':
+        case 'fill-page':
+          pageRecords += 1;
+          options.onPage(record);
+          break;
+        case 'configuration':
+          configuration = record;
+          break;
+        case 'ram-blocks':
+          blocks = record.blocks;
+          options.onBlocks?.(record.blocks);
+          break;
+        case 'ram-section':
+          if (record.kind === 'start') ramSection = { sectionId: record.sectionId, instanceId: record.instanceId, versionId: record.versionId };
+          break;
+        case 'device':
+          device = Uint8Array.from(record.data);
+          break;
+        default:
+          break;
       }
     };
+    // Records go straight from the parser to `take`, in stream order; page records are reused objects (a stream
+    // has one a guest page), so none is allocated.
+    const parser = new MigrationStreamParser({ xIgnoreShared: options.xIgnoreShared, keepVmdesc: false, onRecord: (record) => take(record) });
 
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<never>((_, reject) => {
@@ -159,7 +163,7 @@ export class MigrationReceiver {
           if (failure !== undefined) return;
           streamBytes += chunk.byteLength;
           try {
-            take(parser.push(chunk));
+            parser.push(chunk);
           } catch (error) {
             failure = asKemariError(error);
             s.destroy();
@@ -168,7 +172,7 @@ export class MigrationReceiver {
         s.once('end', () => {
           if (failure !== undefined) return;
           try {
-            take(parser.end());
+            parser.end();
           } catch (error) {
             failure = asKemariError(error);
           }

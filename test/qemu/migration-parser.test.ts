@@ -148,6 +148,38 @@ describe('migration stream writer and parser (synthetic streams)', () => {
     }
   });
 
+  it('hands every record to onRecord in stream order, page records reused, returning none', () => {
+    const stream = migrationStreamBytes(syntheticSpec());
+    for (const size of [7, 4096, Number.POSITIVE_INFINITY]) {
+      const seen: MigrationRecord[] = [];
+      const pageObjects = new Set<MigrationRecord>();
+      const parser = new MigrationStreamParser({
+        onRecord: (record) => {
+          // Copied: a page record is valid during the call only.
+          seen.push({ ...record });
+          if (record.type === 'page' || record.type === 'fill-page') pageObjects.add(record);
+        },
+      });
+      const step = Number.isFinite(size) ? size : stream.byteLength;
+      for (let at = 0; at < stream.byteLength; at += step) expect(parser.push(stream.subarray(at, at + step))).toEqual([]);
+      expect(parser.end()).toEqual([]);
+      expect(summarize(seen), `chunks of ${size}`).toEqual(summarize(parseStream(stream, size)));
+      // Eleven page records, two objects: one for fill pages, one for data pages.
+      expect(pageObjects.size).toBe(2);
+    }
+    // A sink that throws fails the parser with its error.
+    const refusal = new KemariError('KEMARI_MIGRATION_FORMAT', 'refused by the sink');
+    let pages = 0;
+    const parser = new MigrationStreamParser({
+      onRecord: (record) => {
+        if (record.type === 'page' && ++pages === 2) throw refusal;
+      },
+    });
+    expect(() => parser.push(stream)).toThrow(refusal);
+    expect(parser.error).toBe(refusal);
+    expect(() => parser.end()).toThrow(refusal);
+  });
+
   it('rebuilds the memory the stream describes, later records overwriting earlier ones', () => {
     const spec = syntheticSpec();
     const image = new RamImage(spec.blocks);

@@ -31,7 +31,7 @@ import {
   RAM_SECTION_IDSTR,
   SECTION,
 } from './format.js';
-import type { ConfigurationRecord, MigrationRecord, RamBlockInfo } from './records.js';
+import type { ConfigurationRecord, FillPageRecord, MigrationRecord, PageRecord, RamBlockInfo } from './records.js';
 
 /** Options of {@link MigrationStreamParser}; every limit exists so a hostile or broken sender cannot exhaust memory. */
 export interface MigrationStreamParserOptions {
@@ -55,6 +55,13 @@ export interface MigrationStreamParserOptions {
   vmdescBytesMax?: number;
   /** Emit the VMDESC record (true) or drop it (false). Default true. */
   keepVmdesc?: boolean;
+  /**
+   * Takes every record as it is parsed, in stream order, instead of its being returned by push() and end() (which
+   * then return nothing). A stream carries a page record for every guest page, so a receiver that applies each at
+   * once spares the allocation of all of them: the `page` and `fill-page` record objects are reused for the next
+   * page (as `data` views the pushed chunk), valid during the call only. An exception it throws fails the parser.
+   */
+  onRecord?: (record: MigrationRecord) => void;
 }
 
 /** Parser state: which bytes are expected next. */
@@ -106,7 +113,11 @@ export class MigrationStreamParser {
   private state: State = 'file-header';
   private failure: KemariError | undefined;
   private ended = false;
-  private readonly limits: Required<Omit<MigrationStreamParserOptions, 'xIgnoreShared'>>;
+  private readonly limits: Required<Omit<MigrationStreamParserOptions, 'xIgnoreShared' | 'onRecord'>>;
+  /** The record sink (MigrationStreamParserOptions.onRecord), and the two page records it is handed, reused. */
+  private readonly onRecord: ((record: MigrationRecord) => void) | undefined;
+  private readonly fillRecord: FillPageRecord = { type: 'fill-page', block: '', offset: 0, fill: 0 };
+  private readonly pageRecord: PageRecord = { type: 'page', block: '', offset: 0, data: new Uint8Array(0) };
   private xIgnoreShared: boolean | undefined;
 
   // Record under construction and context.
@@ -139,6 +150,7 @@ export class MigrationStreamParser {
 
   constructor(options: MigrationStreamParserOptions = {}) {
     this.xIgnoreShared = options.xIgnoreShared;
+    this.onRecord = options.onRecord;
     this.limits = {
       machineTypeBytesMax: options.machineTypeBytesMax ?? MIGRATION_PARSER_DEFAULTS.machineTypeBytesMax,
       blockNameBytesMax: options.blockNameBytesMax ?? MIGRATION_PARSER_DEFAULTS.blockNameBytesMax,
@@ -227,7 +239,7 @@ export class MigrationStreamParser {
         const version = q.readBe32();
         if (magic !== QEMU_VM_FILE_MAGIC) throw this.fail(`bad magic 0x${magic.toString(16).padStart(8, '0')} (expected QEVM)`, 0, { magic });
         if (version !== QEMU_VM_FILE_VERSION) throw this.fail(`unsupported stream version ${version}`, 4, { version });
-        out.push({ type: 'header', version });
+        this.emit(out, { type: 'header', version });
         return this.expect('section-type', 1);
       }
       case 'section-type': {
@@ -249,7 +261,7 @@ export class MigrationStreamParser {
             return this.expect('command-header', 4);
           case SECTION.EOF:
             this.sawEof = true;
-            out.push({ type: 'eof' });
+            this.emit(out, { type: 'eof' });
             return this.expect('vmdesc-type', 1);
           default:
             throw this.fail(`unknown section type 0x${type.toString(16)}`, this.recordOffset, { sectionType: type });
@@ -339,7 +351,7 @@ export class MigrationStreamParser {
         this.ramInstanceId = instanceId;
         this.ramVersionId = versionId;
         this.resolveCapabilities();
-        out.push({ type: 'ram-section', kind: 'start', sectionId: this.sectionId, instanceId, versionId });
+        this.emit(out, { type: 'ram-section', kind: 'start', sectionId: this.sectionId, instanceId, versionId });
         return this.expect('ram-record', 8);
       }
       case 'section-id': {
@@ -347,7 +359,7 @@ export class MigrationStreamParser {
         if (this.ramSectionId === undefined || this.sectionId !== this.ramSectionId) {
           throw this.fail(`${this.sectionType === SECTION.PART ? 'PART' : 'END'} of unknown section ${this.sectionId}`, this.recordOffset, { sectionId: this.sectionId });
         }
-        out.push({
+        this.emit(out, {
           type: 'ram-section',
           kind: this.sectionType === SECTION.PART ? 'part' : 'end',
           sectionId: this.sectionId,
@@ -382,9 +394,11 @@ export class MigrationStreamParser {
       }
       case 'page-body': {
         const block = this.pageBlock as RamBlockInfo;
-        if (this.pageFlags === RAM_FLAG.ZERO) out.push({ type: 'fill-page', block: block.name, offset: this.pageOffset, fill: q.readU8() });
-        else out.push({ type: 'page', block: block.name, offset: this.pageOffset, data: q.read(PAGE_BYTES) });
-        return this.expect('ram-record', 8);
+        // Back to records first: a sink that throws leaves the parser failed, not halfway through this one.
+        this.expect('ram-record', 8);
+        if (this.pageFlags === RAM_FLAG.ZERO) this.fillPage(out, block.name, this.pageOffset, q.readU8());
+        else this.dataPage(out, block.name, this.pageOffset, q.read(PAGE_BYTES));
+        return;
       }
       case 'footer': {
         const marker = q.readU8();
@@ -405,7 +419,7 @@ export class MigrationStreamParser {
         return this.expect('command-data', q.readBe16());
       }
       case 'command-data': {
-        out.push({ type: 'command', command: this.commandType, data: Uint8Array.from(q.read(this.need)) });
+        this.emit(out, { type: 'command', command: this.commandType, data: Uint8Array.from(q.read(this.need)) });
         return this.expect('section-type', 1);
       }
       case 'vmdesc-type': {
@@ -421,7 +435,7 @@ export class MigrationStreamParser {
       }
       case 'vmdesc-data': {
         const json = q.read(this.need);
-        if (this.limits.keepVmdesc) out.push({ type: 'vmdesc', json });
+        if (this.limits.keepVmdesc) this.emit(out, { type: 'vmdesc', json });
         return this.expect('done', 1);
       }
       case 'device-tail':
@@ -497,11 +511,11 @@ export class MigrationStreamParser {
       if (offset + PAGE_BYTES > lengthBytes) break;
       if (flags === (RAM_FLAG.ZERO | RAM_FLAG.CONTINUE)) {
         if (at + 9 > end) break;
-        out.push({ type: 'fill-page', block: name, offset, fill: chunk[at + 8] as number });
+        this.fillPage(out, name, offset, chunk[at + 8] as number);
         at += 9;
       } else if (flags === (RAM_FLAG.PAGE | RAM_FLAG.CONTINUE)) {
         if (at + 8 + PAGE_BYTES > end) break;
-        out.push({ type: 'page', block: name, offset, data: chunk.subarray(at + 8, at + 8 + PAGE_BYTES) });
+        this.dataPage(out, name, offset, chunk.subarray(at + 8, at + 8 + PAGE_BYTES));
         at += 8 + PAGE_BYTES;
       } else {
         break;
@@ -512,6 +526,40 @@ export class MigrationStreamParser {
     this.recordOffset = q.offset + (recordAt - start);
     q.skip(at - start);
     return true;
+  }
+
+  /** Hands a record to the sink when there is one, else adds it to what push() or end() returns. */
+  private emit(out: MigrationRecord[], record: MigrationRecord): void {
+    if (this.onRecord === undefined) out.push(record);
+    else this.onRecord(record);
+  }
+
+  /** A zero (fill) page: to the sink when there is one (the reused record), else a new record. */
+  private fillPage(out: MigrationRecord[], block: string, offset: number, fill: number): void {
+    const sink = this.onRecord;
+    if (sink === undefined) {
+      out.push({ type: 'fill-page', block, offset, fill });
+      return;
+    }
+    const record = this.fillRecord;
+    record.block = block;
+    record.offset = offset;
+    record.fill = fill;
+    sink(record);
+  }
+
+  /** A whole page: to the sink when there is one (the reused record), else a new record. */
+  private dataPage(out: MigrationRecord[], block: string, offset: number, data: Uint8Array): void {
+    const sink = this.onRecord;
+    if (sink === undefined) {
+      out.push({ type: 'page', block, offset, data });
+      return;
+    }
+    const record = this.pageRecord;
+    record.block = block;
+    record.offset = offset;
+    record.data = data;
+    sink(record);
   }
 
   private ramBlockEntry(out: MigrationRecord[]): void {
@@ -541,7 +589,7 @@ export class MigrationStreamParser {
 
   private finishBlocks(out: MigrationRecord[]): void {
     this.blocks = this.pendingBlocks;
-    out.push({ type: 'ram-blocks', totalBytes: this.totalBytes, blocks: this.blocks.map((block) => ({ ...block })) });
+    this.emit(out, { type: 'ram-blocks', totalBytes: this.totalBytes, blocks: this.blocks.map((block) => ({ ...block })) });
     this.expect('ram-record', 8);
   }
 
@@ -559,7 +607,7 @@ export class MigrationStreamParser {
 
   private finishConfiguration(out: MigrationRecord[]): void {
     const configuration = this.configuration as ConfigurationRecord;
-    out.push(configuration);
+    this.emit(out, configuration);
     this.expect('section-type', 1);
   }
 
@@ -615,10 +663,10 @@ export class MigrationStreamParser {
     if (eofAt > this.limits.deviceBytesMax) throw this.fail(`device state of ${eofAt} bytes (limit ${this.limits.deviceBytesMax})`, this.tailOffset, { deviceBytes: eofAt });
     const data = tail.subarray(0, eofAt);
     const sections = splitDeviceSections(data, this.tailOffset);
-    out.push({ type: 'device', data, sections });
-    out.push({ type: 'eof' });
+    this.emit(out, { type: 'device', data, sections });
+    this.emit(out, { type: 'eof' });
     this.sawEof = true;
-    if (vmdesc !== undefined && this.limits.keepVmdesc) out.push({ type: 'vmdesc', json: vmdesc });
+    if (vmdesc !== undefined && this.limits.keepVmdesc) this.emit(out, { type: 'vmdesc', json: vmdesc });
     this.state = 'done';
   }
 
