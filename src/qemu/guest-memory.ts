@@ -132,9 +132,9 @@ export class GuestMemory {
   private readonly seed: bigint;
   private readonly changed: Uint8Array;
   /**
-   * 1 when the page is known to be all zero. Most pages of a guest are zero and every stream resends them as fill
-   * records: this answers those without touching the page (measured: a compare per zero page was half the cost of
-   * a 256 MiB checkpoint). For pages outside the shadow it is what captures go by (set by every scan that reports
+   * 1 when the page is known to be all zero (never 1 for a page that is not). Most pages of a guest are zero and
+   * every stream resends them as fill records: this answers those without touching the page (measured: a compare
+   * per zero page was half the cost of a 256 MiB checkpoint), and captures send such a page as ZERO unread. For pages outside the shadow it is what captures go by (set by every scan that reports
    * the page, and by {@link load}); it starts at 0 for them, which only costs a zero page sent as RAW.
    */
   private readonly knownZero: Uint8Array;
@@ -457,7 +457,10 @@ export class GuestMemory {
       taken = { pages: this.pageViews(indices), send: EMPTY };
     } else if (this.shadowIsLinear) {
       const shadow = this.shadow;
-      taken = copyPages(shadow, PAGE_BYTES, indices, (index) => ZERO_PAGE.compare(shadow, index * PAGE_BYTES, (index + 1) * PAGE_BYTES) === 0, allocate);
+      // A page known to be zero is not read: the shadow's never-written pages then stay unmapped (a full capture of a
+      // mostly zero guest otherwise faults in every one of them, just to compare it with zeros).
+      const knownZero = this.knownZero;
+      taken = copyPages(shadow, PAGE_BYTES, indices, (index) => knownZero[index] === 1 || ZERO_PAGE.compare(shadow, index * PAGE_BYTES, (index + 1) * PAGE_BYTES) === 0, allocate);
     } else {
       taken = this.copySplit(indices, allocate ?? newSendBuffer);
     }
@@ -608,7 +611,7 @@ export class GuestMemory {
         zero = this.knownZero[index] === 1;
       } else {
         const at = placement.shadowOffsetBytes + (index - placement.firstPage) * PAGE_BYTES;
-        zero = ZERO_PAGE.compare(shadow, at, at + PAGE_BYTES) === 0;
+        zero = this.knownZero[index] === 1 || ZERO_PAGE.compare(shadow, at, at + PAGE_BYTES) === 0;
       }
       if (!zero) {
         raw[i] = 1;
