@@ -396,16 +396,31 @@ export class GuestMemory {
         details: { bytes: memory.byteLength, memoryBytes: this.memoryBytes },
       });
     }
-    for (const { block, shadowOffsetBytes, fingerprints } of this.placements) {
-      const bytes = memory.subarray(block.offsetBytes, block.offsetBytes + block.lengthBytes);
+    for (const { block, shadowOffsetBytes, fingerprints, firstPage, endPage } of this.placements) {
       if (fingerprints === undefined) {
-        this.shadow.set(bytes, shadowOffsetBytes);
+        // Page by page, reading the shadow only where it may hold something: a page known to be zero there is
+        // written only if the memory's is not, so a fresh shadow stays unmapped where the memory is zero (faulting it
+        // in just to compare it, as a whole-block copy or compare would, was most of a 256 MiB load).
+        const shadow = this.shadow;
+        const knownZero = this.knownZero;
+        for (let page = firstPage, from = block.offsetBytes, to = shadowOffsetBytes; page < endPage; page++, from += PAGE_BYTES, to += PAGE_BYTES) {
+          const zero = ZERO_PAGE.compare(memory, from, from + PAGE_BYTES) === 0;
+          if (knownZero[page] === 1 ? zero : shadow.compare(memory, from, from + PAGE_BYTES, to, to + PAGE_BYTES) === 0) {
+            knownZero[page] = zero ? 1 : 0;
+            continue;
+          }
+          shadow.set(memory.subarray(from, from + PAGE_BYTES), to);
+          knownZero[page] = zero ? 1 : 0;
+        }
       } else {
         // A scan with update stores every page's fingerprint (a page it does not report already has it).
+        const bytes = memory.subarray(block.offsetBytes, block.offsetBytes + block.lengthBytes);
         scanChangedPages(bytes, PAGE_BYTES, fingerprints, this.scanOutput(fingerprints.length), { update: true, seed: this.seed });
+        for (let page = firstPage, at = block.offsetBytes; page < endPage; page++, at += PAGE_BYTES) {
+          this.knownZero[page] = ZERO_PAGE.compare(memory, at, at + PAGE_BYTES) === 0 ? 1 : 0;
+        }
       }
     }
-    for (let page = 0, at = 0; page < this.pageCount; page++, at += PAGE_BYTES) this.knownZero[page] = ZERO_PAGE.compare(memory, at, at + PAGE_BYTES) === 0 ? 1 : 0;
     this.crcTable.markRange(0, this.memoryBytes);
     this.markAllChanged();
   }

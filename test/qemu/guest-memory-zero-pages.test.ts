@@ -34,11 +34,12 @@ function expectCapture(memory: GuestMemory, model: Uint8Array, all: boolean, ste
 
 describe('GuestMemory zero pages', () => {
   it('sends ZERO exactly for all-zero pages after fill and data records, ranges and loads (shadow of every block)', () => {
+    // pc.ram spans two of the chunks a load compares at a time (1 MiB).
     const blocks = [
-      { name: 'pc.ram', offsetBytes: 0, lengthBytes: 48 * PAGE, shared: false },
-      { name: 'pc.bios', offsetBytes: 48 * PAGE, lengthBytes: 16 * PAGE, shared: false },
+      { name: 'pc.ram', offsetBytes: 0, lengthBytes: 320 * PAGE, shared: false },
+      { name: 'pc.bios', offsetBytes: 320 * PAGE, lengthBytes: 16 * PAGE, shared: false },
     ];
-    const memoryBytes = 64 * PAGE;
+    const memoryBytes = 336 * PAGE;
     const memory = new GuestMemory(blocks);
     const model = new Uint8Array(memoryBytes);
     const random = prng(11);
@@ -60,7 +61,7 @@ describe('GuestMemory zero pages', () => {
         model.set(data, block.offsetBytes + offset);
       } else if (op === 8) {
         // A range read from a file (how shared blocks in shadow mode are checked).
-        const first = Math.floor(random() * 60);
+        const first = Math.floor(random() * 332);
         const count = 1 + Math.floor(random() * 4);
         const bytes = new Uint8Array(count * PAGE);
         for (let k = 0; k < count; k++) bytes.set(pageBytes(random), k * PAGE);
@@ -69,7 +70,7 @@ describe('GuestMemory zero pages', () => {
       } else {
         // A load of a whole memory (a restored replica).
         const whole = new Uint8Array(memoryBytes);
-        for (let p = 0; p < 64; p++) whole.set(pageBytes(random), p * PAGE);
+        for (let p = 0; p < 336; p++) whole.set(pageBytes(random), p * PAGE);
         memory.load(whole);
         model.set(whole);
       }
