@@ -6,7 +6,7 @@
  * touches its replica and staging memory when a session starts. But a guest of many GiB takes seconds to fault in
  * (several on a VM whose faults are slow), and a standby that did it before answering HELLO made the primary give up
  * waiting (connectTimeoutMs). So a large standby answers HELLO at once and faults in its memory in slices between
- * I/O callbacks ({@link BackgroundPrefault}), while the full sync already streams in.
+ * I/O callbacks ({@link BackgroundPrefault}), bounded in bytes and in time, while the full sync already streams in.
  *
  * Why the touch keeps every byte: frames may land in the memory before the background pass reaches it, so a page is
  * faulted in by writing each touched byte back with its own value (one JavaScript thread: nothing writes it in
@@ -17,15 +17,27 @@ import type { TimerHandle, Timers } from '../time/timers.js';
 /** The page size the touches step by: every 4 KiB page gets one write. */
 const TOUCH_STEP_BYTES = 4096;
 
-/** Bytes faulted in per background slice (~10-100 ms of page faults, so heartbeats and frames interleave). */
+/** Bytes faulted in per background slice at most (~10 ms of page faults on a host whose faults are fast). */
 export const PREFAULT_SLICE_BYTES = 32 << 20;
+
+/**
+ * Time a background slice may take: it stops at the first step past it, so heartbeats and frames interleave even
+ * where page faults are slow (measured on a VM host: 32 MiB took 90 ms to fault in, ~11 us a page).
+ */
+export const PREFAULT_SLICE_MS_MAX = 10;
+
+/** A slice touches this much between looks at the clock. */
+const PREFAULT_STEP_BYTES = 1 << 20;
 
 /** Writes one byte of every page of `buffer[fromBytes, toBytes)` back with its own value: the kernel maps the pages. */
 export function touchPages(buffer: Uint8Array, fromBytes = 0, toBytes = buffer.byteLength): void {
   for (let i = fromBytes; i < toBytes; i += TOUCH_STEP_BYTES) buffer[i] = buffer[i]!;
 }
 
-/** Faults buffers in, {@link PREFAULT_SLICE_BYTES} per timer turn; see the module comment. */
+/**
+ * Faults buffers in, at most {@link PREFAULT_SLICE_BYTES} and about {@link PREFAULT_SLICE_MS_MAX} per timer turn;
+ * see the module comment.
+ */
 export class BackgroundPrefault {
   private index = 0;
   private offsetBytes = 0;
@@ -41,6 +53,7 @@ export class BackgroundPrefault {
     buffers: readonly Uint8Array[],
     private readonly timers: Timers,
     private readonly sliceBytes = PREFAULT_SLICE_BYTES,
+    private readonly sliceMsMax = PREFAULT_SLICE_MS_MAX,
   ) {
     this.buffers = buffers;
     this.totalBytes = buffers.reduce((n, b) => n + b.byteLength, 0);
@@ -80,10 +93,11 @@ export class BackgroundPrefault {
 
   private slice(): void {
     this.timer = undefined;
+    const deadlineMs = this.timers.now() + this.sliceMsMax;
     let budget = this.sliceBytes;
     while (!this.finished && budget > 0) {
       const buffer = this.buffers[this.index]!;
-      const end = Math.min(buffer.byteLength, this.offsetBytes + budget);
+      const end = Math.min(buffer.byteLength, this.offsetBytes + Math.min(budget, PREFAULT_STEP_BYTES));
       touchPages(buffer, this.offsetBytes, end);
       budget -= end - this.offsetBytes;
       this.doneBytesNow += end - this.offsetBytes;
@@ -92,6 +106,7 @@ export class BackgroundPrefault {
         this.index += 1;
         this.offsetBytes = 0;
       }
+      if (this.timers.now() >= deadlineMs) break;
     }
     this.schedule();
   }

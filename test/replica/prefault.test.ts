@@ -60,6 +60,24 @@ describe('prefault', () => {
     expect(b[5000]).toBe(0x5a);
   });
 
+  it('ends a slice at its time limit, a MiB step past it at most, where page faults are slow', () => {
+    // A clock that moves 6 ms each time it is read: the slice's deadline is 10 ms after its start, so it stops after
+    // its second 1 MiB step, far below its 32 MiB byte limit.
+    class SlowClock extends ManualTimers {
+      private t = 0;
+      override now(): number {
+        this.t += 6;
+        return this.t;
+      }
+    }
+    const timers = new SlowClock();
+    const pass = new BackgroundPrefault([new Uint8Array(5 << 20)], timers, 32 << 20, 10).start();
+    const progress: number[] = [];
+    while (timers.turn()) progress.push(pass.doneBytes / (1 << 20));
+    expect(progress).toEqual([2, 4, 5]);
+    expect(pass.finished).toBe(true);
+  });
+
   it('stops at once when told (a promotion or close does not wait for it)', () => {
     const timers = new ManualTimers();
     const pass = new BackgroundPrefault([new Uint8Array(8 * 4096)], timers, 4096).start();
