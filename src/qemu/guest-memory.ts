@@ -134,8 +134,10 @@ export class GuestMemory {
   /**
    * 1 when the page is known to be all zero (never 1 for a page that is not). Most pages of a guest are zero and
    * every stream resends them as fill records: this answers those without touching the page (measured: a compare
-   * per zero page was half the cost of a 256 MiB checkpoint), and captures send such a page as ZERO unread. For pages outside the shadow it is what captures go by (set by every scan that reports
-   * the page, and by {@link load}); it starts at 0 for them, which only costs a zero page sent as RAW.
+   * per zero page was half the cost of a 256 MiB checkpoint), and captures and {@link load} go by it for every page
+   * before reading any (a page of the shadow never written then stays unmapped). Set by every record, range, scan
+   * and load that reports the page; it starts at 1 for pages of the shadow (zero) and at 0 for pages outside it,
+   * which only costs such a zero page being read (fingerprints mode: sent as RAW) until a scan reports it.
    */
   private readonly knownZero: Uint8Array;
   private changedList: number[] = [];

@@ -1,7 +1,7 @@
 /**
  * GuestMemory's zero pages, without QEMU: a capture sends a page as ZERO exactly when its bytes are all zero,
- * whatever wrote it (fill and data records of streams, ranges read from a file, a load), although a page known to
- * be zero is not read at all (so the shadow's never-written pages stay unmapped).
+ * whatever wrote it (fill and data records of streams, ranges read from a file, a load), although captures and loads
+ * take a page known to be zero as zero without reading it. These tests hold the result, not the reads saved.
  */
 import { describe, expect, it } from 'vitest';
 import { GuestMemory } from '../../src/qemu/guest-memory.js';
@@ -34,7 +34,6 @@ function expectCapture(memory: GuestMemory, model: Uint8Array, all: boolean, ste
 
 describe('GuestMemory zero pages', () => {
   it('sends ZERO exactly for all-zero pages after fill and data records, ranges and loads (shadow of every block)', () => {
-    // pc.ram spans two of the chunks a load compares at a time (1 MiB).
     const blocks = [
       { name: 'pc.ram', offsetBytes: 0, lengthBytes: 320 * PAGE, shared: false },
       { name: 'pc.bios', offsetBytes: 320 * PAGE, lengthBytes: 16 * PAGE, shared: false },

@@ -167,7 +167,21 @@ describe('migration stream writer and parser (synthetic streams)', () => {
       // Eleven page records, two objects: one for fill pages, one for data pages.
       expect(pageObjects.size).toBe(2);
     }
-    // A sink that throws fails the parser with its error.
+    // A sink that throws anything else fails the parser at the record it was handed, as field by field.
+    const failedAt = (chunkBytes: number): unknown => {
+      let fills = 0;
+      const parser = new MigrationStreamParser({
+        onRecord: (record) => {
+          if (record.type === 'fill-page' && ++fills === 6) throw new TypeError('a bug in the sink');
+        },
+      });
+      expect(() => {
+        for (let at = 0; at < stream.byteLength; at += chunkBytes) parser.push(stream.subarray(at, at + chunkBytes));
+      }).toThrow(expect.objectContaining({ code: 'KEMARI_MIGRATION_FORMAT' }));
+      return { offset: parser.error?.details['offset'], consumed: parser.offset };
+    };
+    expect(failedAt(stream.byteLength)).toEqual(failedAt(7));
+    // A sink that throws a KemariError fails the parser with it.
     const refusal = new KemariError('KEMARI_MIGRATION_FORMAT', 'refused by the sink');
     let pages = 0;
     const parser = new MigrationStreamParser({
@@ -353,10 +367,21 @@ describe.skipIf(!HAS_QEMU)(`migration stream from a real QEMU${HAS_QEMU ? '' : `
     for (let at = vmdescAt - 150; at < vmdescAt + 30; at++) offsets.add(at);
     for (let at = stream.byteLength - 30; at < stream.byteLength; at++) offsets.add(at);
     offsets.delete(vmdescAt);
+    let parsed = 0;
     for (const at of offsets) {
       const error = parseError(stream.subarray(0, at));
-      expect(error?.code, `truncated at ${at}`).toBe('KEMARI_MIGRATION_FORMAT');
+      if (error === undefined) {
+        // Device sections carry no length: a cut right after whole framed sections and a 0x00 byte (which reads as
+        // EOF) is a complete stream without VMDESC, to this parser as to QEMU. Whether such a cut exists depends on
+        // the device bytes of the captured stream (a timer value ending in 0x7e made one); only such a cut may parse.
+        expect(at > deviceStart && stream[at - 1] === 0x00, `truncated at ${at} parsed`).toBe(true);
+        expect(() => splitDeviceSections(stream.subarray(deviceStart, at - 1), deviceStart)).not.toThrow();
+        parsed += 1;
+        continue;
+      }
+      expect(error.code, `truncated at ${at}`).toBe('KEMARI_MIGRATION_FORMAT');
     }
+    expect(parsed).toBeLessThanOrEqual(2);
     expect(parseError(stream.subarray(0, vmdescAt))).toBeUndefined();
   });
 

@@ -499,33 +499,39 @@ export class MigrationStreamParser {
     const lengthBytes = block.lengthBytes;
     const start = q.headOffset;
     const end = chunk.byteLength;
+    // Stream offset of a position in the chunk: the record being handed on is where errors say they were.
+    const base = q.offset - start;
     let at = start;
-    let recordAt = start;
-    while (at + 8 <= end) {
-      const here = at;
-      const high = (((chunk[at] as number) << 24) >>> 0) + ((chunk[at + 1] as number) << 16) + ((chunk[at + 2] as number) << 8) + (chunk[at + 3] as number);
-      const low = (((chunk[at + 4] as number) << 24) >>> 0) + ((chunk[at + 5] as number) << 16) + ((chunk[at + 6] as number) << 8) + (chunk[at + 7] as number);
-      const flags = low & RAM_FLAGS_MASK;
-      if (high > 0x1f_ffff) break;
-      const offset = high * 2 ** 32 + (low - flags);
-      if (offset + PAGE_BYTES > lengthBytes) break;
-      if (flags === (RAM_FLAG.ZERO | RAM_FLAG.CONTINUE)) {
-        if (at + 9 > end) break;
-        this.fillPage(out, name, offset, chunk[at + 8] as number);
-        at += 9;
-      } else if (flags === (RAM_FLAG.PAGE | RAM_FLAG.CONTINUE)) {
-        if (at + 8 + PAGE_BYTES > end) break;
-        this.dataPage(out, name, offset, chunk.subarray(at + 8, at + 8 + PAGE_BYTES));
-        at += 8 + PAGE_BYTES;
-      } else {
-        break;
+    try {
+      while (at + 8 <= end) {
+        const high = (((chunk[at] as number) << 24) >>> 0) + ((chunk[at + 1] as number) << 16) + ((chunk[at + 2] as number) << 8) + (chunk[at + 3] as number);
+        const low = (((chunk[at + 4] as number) << 24) >>> 0) + ((chunk[at + 5] as number) << 16) + ((chunk[at + 6] as number) << 8) + (chunk[at + 7] as number);
+        const flags = low & RAM_FLAGS_MASK;
+        if (high > 0x1f_ffff) break;
+        const offset = high * 2 ** 32 + (low - flags);
+        if (offset + PAGE_BYTES > lengthBytes) break;
+        // As field by field: the record is consumed, and errors point at it, before it is handed on.
+        if (flags === (RAM_FLAG.ZERO | RAM_FLAG.CONTINUE)) {
+          if (at + 9 > end) break;
+          const fill = chunk[at + 8] as number;
+          this.recordOffset = base + at;
+          at += 9;
+          this.fillPage(out, name, offset, fill);
+        } else if (flags === (RAM_FLAG.PAGE | RAM_FLAG.CONTINUE)) {
+          if (at + 8 + PAGE_BYTES > end) break;
+          const data = chunk.subarray(at + 8, at + 8 + PAGE_BYTES);
+          this.recordOffset = base + at;
+          at += 8 + PAGE_BYTES;
+          this.dataPage(out, name, offset, data);
+        } else {
+          break;
+        }
       }
-      recordAt = here;
+    } finally {
+      // Also when the sink throws: what was handed on is consumed.
+      if (at > start) q.skip(at - start);
     }
-    if (at === start) return false;
-    this.recordOffset = q.offset + (recordAt - start);
-    q.skip(at - start);
-    return true;
+    return at > start;
   }
 
   /** Hands a record to the sink when there is one, else adds it to what push() or end() returns. */
