@@ -191,6 +191,12 @@ interface Session {
   commits: number;
   /** Whole transactions this session delivered (applied, or on their way through the journal): a FAILOVER is honoured only from a session that replicated. */
   received: number;
+  /**
+   * The peer proved who it is (mutual TLS) and resumed from the epoch this replica holds: its FAILOVER is honoured
+   * before it delivers a transaction too (a primary whose guest fails right after a reconnection). Without mutual
+   * TLS a connection that only said HELLO could claim to be that primary.
+   */
+  vouched: boolean;
   /** With a journal, applies run one after another, asynchronously (append, sync, apply, ack). */
   chain: Promise<void>;
 }
@@ -485,7 +491,7 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
     }
     // A connection becomes the session only once its HELLO is accepted, so a silent or slow client never holds
     // the place of the real primary (nor blocks a takeover).
-    const pending: Session = { connection, core: undefined as unknown as ReceiverCore, detector: undefined as unknown as FailureDetector, timer: undefined as unknown as NodeJS.Timeout, commits: 0, received: 0, chain: Promise.resolve() };
+    const pending: Session = { connection, core: undefined as unknown as ReceiverCore, detector: undefined as unknown as FailureDetector, timer: undefined as unknown as NodeJS.Timeout, commits: 0, received: 0, vouched: false, chain: Promise.resolve() };
     const core = new ReceiverCore({
       arena: {
         // The arena exists once the first HELLO told the guest's size; only the session uses it.
@@ -505,6 +511,7 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
         }
         const reply = this.acceptHello(hello);
         this.session = pending;
+        pending.vouched = this.options.tls !== undefined && hello.committedTxn > 0 && hello.committedTxn === reply.committedTxn;
         return reply;
       },
     });
@@ -751,8 +758,9 @@ export class Secondary<V extends VmAdapter = SimulatedVm> extends EventEmitter {
   private onFailover(session: Session, failover: Failover): void {
     // The primary closes its side right after FAILOVER, so its session may be over by now; a newer one must not be.
     const superseded = this.session !== undefined && this.session !== session;
-    if (superseded || session.received === 0 || (this.stateNow !== 'listening' && this.stateNow !== 'replicating') || !(this.replicaNow?.hasCommittedEpoch ?? false)) {
-      this.report(new KemariError('KEMARI_PROTOCOL', 'FAILOVER from a session no longer served, or onto a replica without an epoch; ignored'));
+    const proven = session.received > 0 || session.vouched;
+    if (superseded || !proven || (this.stateNow !== 'listening' && this.stateNow !== 'replicating') || !(this.replicaNow?.hasCommittedEpoch ?? false)) {
+      this.report(new KemariError('KEMARI_PROTOCOL', 'FAILOVER from a session no longer served, one that neither replicated nor resumed over mutual TLS, or onto a replica without an epoch; ignored'));
       return;
     }
     this.emit('failover', failover);

@@ -2,7 +2,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { KemariError } from '../../src/index.js';
+import { FrameType, KemariError, encodeFrameToBytes } from '../../src/index.js';
+import { primaryHello } from '../../src/txn/hello-for.js';
+import { connectTls } from '../../src/transport/tls.js';
+import type { Connection } from '../../src/transport/connection.js';
 import { Primary } from '../../src/primary/primary.js';
 import type { PrimaryCommit } from '../../src/primary/primary.js';
 import { Secondary } from '../../src/secondary/secondary.js';
@@ -240,4 +243,50 @@ describe('replication over mutual TLS', () => {
     await expect(Primary.start({ vm, secondary: { host: '127.0.0.1', port: secondary.port }, connectTimeoutMs: 2000 })).rejects.toBeInstanceOf(KemariError);
     expect(secondary.replica).toBeUndefined();
   });
+
+  it('honours a FAILOVER before any transaction from a certified primary that resumed from the replica, only then', async () => {
+    const secondary = await Secondary.listen({ host: '127.0.0.1', port: 0, sessionId: 's', tls: pki.credentials('server') });
+    cleanups.push(() => secondary.close());
+    const errors: KemariError[] = [];
+    secondary.on('error', (e: KemariError) => errors.push(e));
+    const promoted: unknown[] = [];
+    secondary.on('promoted', (p) => promoted.push(p));
+    const vm = new SimulatedVm({ memoryBytes: 1 << 20, seed: 8 });
+    const primary = await Primary.start({ vm, sessionId: 's', secondary: { host: '127.0.0.1', port: secondary.port }, tls: pki.credentials('client') });
+    await Promise.all(await runGuest(vm, primary, 5));
+    primary.close();
+    const committedTxn = secondary.committedTxn;
+    expect(committedTxn).toBeGreaterThan(1);
+    await waitFor(() => secondary.state === 'listening');
+
+    // The primary's guest fails right after it reconnected: HELLO resuming from the replica's epoch, then FAILOVER,
+    // on a certified connection. Sent by hand (as the primary sends them), with and without resuming.
+    const say = async (helloTxn: number): Promise<Connection> => {
+      const connection = await connectTls({ host: '127.0.0.1', port: secondary.port, ...pki.credentials('client') });
+      cleanups.push(() => connection.close());
+      connection.write([
+        encodeFrameToBytes({ type: FrameType.HELLO, txn: 0, seq: 0, body: primaryHello(vm, 's', [], helloTxn) }),
+        encodeFrameToBytes({ type: FrameType.FAILOVER, txn: 0, seq: 0, body: { committedTxn, generation: 0, reason: 'guest failed' } }),
+      ]);
+      return connection;
+    };
+    // Not resuming (a fresh session would sync from scratch): nothing proves it is the primary of this replica.
+    const fresh = await say(0);
+    await waitFor(() => errors.some((e) => e.code === 'KEMARI_PROTOCOL'));
+    expect(promoted).toEqual([]);
+    fresh.close();
+    await waitFor(() => secondary.state === 'listening');
+    // Resuming from the replica's epoch: promoted at once.
+    await say(committedTxn);
+    await waitFor(() => promoted.length === 1);
+    expect(secondary.state).toBe('promoted');
+  });
 });
+
+async function waitFor(condition: () => boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
