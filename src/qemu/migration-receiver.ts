@@ -143,9 +143,9 @@ export class MigrationReceiver {
           break;
       }
     };
-    // Records go straight from the parser to `take`, in stream order; page records are reused objects (a stream
-    // has one a guest page), so none is allocated.
-    const parser = new MigrationStreamParser({ xIgnoreShared: options.xIgnoreShared, keepVmdesc: false, onRecord: (record) => take(record) });
+    // Records go straight from the parser to `take`, in stream order. A stream has a page record for every guest
+    // page: those are two reused objects, so no record object (only a view, for a data page) is made per page.
+    const parser = new MigrationStreamParser({ xIgnoreShared: options.xIgnoreShared, keepVmdesc: false, onRecord: take });
 
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<never>((_, reject) => {
